@@ -1,0 +1,34 @@
+# Two commands do everything: `make demo` and `make test`. Both create and reuse .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch, installed only when the venv has no torch yet (a GPU user's torch is kept).
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test test-all lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_CPU)"
+	$(BIN)/pip install -q -e ".[dev,tensorboard]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/lmrl train --run-dir runs/demo --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests experiments bench
+
+clean:
+	rm -rf $(VENV) runs

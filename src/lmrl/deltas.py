@@ -1,0 +1,74 @@
+"""Deltas: the per-response weight Δ(S, A) in  ∇J ≈ E[Δ(S,A) ∇ log π(A|S)].
+
+Every function is pure: rewards of shape (B, G) in (B prompts, G samples each), deltas of the
+same shape out. A group is one prompt's G samples; group statistics never cross prompts.
+
+Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
+- normalized uses the unbiased (G-1) standard deviation, and eps is added to the std,
+  Δ = (R - mean) / (std + eps), exactly as the seed writes it.
+- max_only keeps the *raw reward* R for the samples that reach their group's maximum and sets
+  every other sample to 0 (the lecture's `max_rewards` mode). A group whose rewards are all equal
+  therefore keeps R for every sample, like raw: max-only has no baseline.
+- Group-baseline deltas (centered, normalized, rloo) of a group with equal rewards are exactly 0:
+  the centered numerator is set to 0 for such groups (a float mean can be one ulp off), and the
+  normalized one divides that 0 by (std + eps), never 0 by 0.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def raw(rewards: Tensor) -> Tensor:
+    """Δ = R (naive policy gradient). Shapes: rewards (B, G) -> (B, G)."""
+    return rewards.clone()
+
+
+def centered(rewards: Tensor) -> Tensor:
+    """Δ_i = R_i - mean_j R_j within each group (GRPO's group baseline)."""
+    delta = rewards - rewards.mean(dim=-1, keepdim=True)
+    # A float mean of equal values can be off by one ulp (mean(0.1, 0.1, 0.1) != 0.1), which
+    # would turn "no signal" into tiny noise that normalized then blows up; force exact zeros.
+    constant = rewards.amax(dim=-1, keepdim=True) == rewards.amin(dim=-1, keepdim=True)
+    return delta.masked_fill(constant, 0.0)
+
+
+def normalized(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """Δ_i = (R_i - mean) / (std + eps), unbiased std over the group."""
+    std = rewards.std(dim=-1, keepdim=True, unbiased=True)
+    return centered(rewards) / (std + eps)
+
+
+def max_only(rewards: Tensor) -> Tensor:
+    """Δ_i = R_i if R_i is its group's maximum (ties included), else 0."""
+    group_max = rewards.max(dim=-1, keepdim=True).values
+    return torch.where(rewards == group_max, rewards, torch.zeros_like(rewards))
+
+
+def rloo(rewards: Tensor) -> Tensor:
+    """Leave-one-out: Δ_i = R_i - mean_{j≠i} R_j = G/(G-1) · (R_i - mean)."""
+    G = rewards.shape[-1]
+    return centered(rewards) * (G / (G - 1))
+
+
+DeltaFn = Callable[..., Tensor]
+
+DELTAS: dict[str, DeltaFn] = {
+    "raw": raw,
+    "centered": centered,
+    "normalized": normalized,
+    "max_only": max_only,
+    "rloo": rloo,
+}
+# These need G >= 2: with one sample the group baseline is the sample itself.
+GROUP_BASELINE = {"centered", "normalized", "rloo"}
+
+
+def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """Dispatch by name; only `normalized` reads eps."""
+    if name not in DELTAS:
+        raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
+    if name == "normalized":
+        return normalized(rewards, eps=eps)
+    return DELTAS[name](rewards)

@@ -1,0 +1,177 @@
+"""Per-token policy losses, KL estimators and loss aggregation: pure tensor functions.
+
+Shapes: per-token tensors are (..., T) — (B, G, T) in the trainer — with a 0/1 `mask` of the
+same shape marking response tokens; per-response tensors (`delta`) are (...), i.e. (B, G).
+Because reward is one number per response, Δ is broadcast to every token of that response.
+
+Every loss returns the per-token loss matrix. How it is reduced to a scalar is a separate choice
+(`aggregate`), split into a numerator and a denominator so that gradient accumulation and data
+parallelism can divide by a *global* count and optimise exactly the same objective.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over positions where mask is 1 (0 if the mask is empty)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------- importance ratios
+
+def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """r = π_θ / π_old with logp_old treated as a constant (detached).
+
+    level="token": r_t = exp(logp_t - logp_old_t), the per-token ratio GRPO/PPO code uses.
+    level="sequence": r = exp(Σ_t (logp_t - logp_old_t)) = π_θ(A|S)/π_old(A|S), the per-response
+    ratio exactly as the seed defines it, broadcast to every token of the response.
+    Shapes: logp, logp_old, mask (..., T) -> (..., T).
+    """
+    diff = (logp - logp_old.detach()) * mask
+    if level == "token":
+        return torch.exp(diff)
+    if level == "sequence":
+        return torch.exp(diff.sum(dim=-1, keepdim=True)).expand_as(logp)
+    raise ValueError(f"unknown ratio level {level!r}; valid: token, sequence")
+
+
+# ---------------------------------------------------------------- policy losses
+
+def naive_loss(logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, **_: object) -> Tensor:
+    """-Δ · log π_θ per token (its sum over tokens is -Δ log π_θ(A|S)). logp_old unused."""
+    return -delta.unsqueeze(-1) * logp
+
+
+def unclipped_loss(
+    logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
+    **_: object,
+) -> Tensor:
+    """-r · Δ per token: the importance-weighted surrogate with no trust region."""
+    return -importance_ratio(logp, logp_old, mask, ratio_level) * delta.unsqueeze(-1)
+
+
+def clipped_loss(
+    logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
+    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, **_: object,
+) -> Tensor:
+    """-min(r·Δ, clip(r, 1-ε_low, 1+ε_high)·Δ) per token (PPO/GRPO clipped surrogate)."""
+    ratio = importance_ratio(logp, logp_old, mask, ratio_level)
+    d = delta.unsqueeze(-1)
+    clipped_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    return -torch.minimum(ratio * d, clipped_ratio * d)
+
+
+LossFn = Callable[..., Tensor]
+LOSSES: dict[str, LossFn] = {
+    "naive": naive_loss,
+    "unclipped": unclipped_loss,
+    "clipped": clipped_loss,
+}
+
+
+@torch.no_grad()
+def ratio_diagnostics(
+    logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
+    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
+) -> dict[str, float]:
+    """How far the policy moved from π_old, and how often clipping removed the gradient.
+
+    clip_frac_low: tokens with Δ < 0 and r < 1-ε_low; clip_frac_high: Δ > 0 and r > 1+ε_high —
+    exactly the tokens where the clipped branch is the minimum and the gradient is zero.
+    approx_kl_old is the k3 estimate of KL(π_old || π_θ) over the response tokens.
+    """
+    ratio = importance_ratio(logp, logp_old, mask, ratio_level)
+    d = delta.unsqueeze(-1).expand_as(ratio)
+    low = ((d < 0) & (ratio < 1.0 - clip_eps_low)).float()
+    high = ((d > 0) & (ratio > 1.0 + clip_eps_high)).float()
+    log_r = (logp - logp_old) * mask
+    on = mask.bool()
+    return {
+        "clip_frac_low": masked_mean(low, mask).item(),
+        "clip_frac_high": masked_mean(high, mask).item(),
+        "ratio_mean": masked_mean(ratio, mask).item(),
+        "ratio_min": ratio[on].min().item() if on.any() else 1.0,
+        "ratio_max": ratio[on].max().item() if on.any() else 1.0,
+        "approx_kl_old": masked_mean(torch.expm1(log_r) - log_r, mask).item(),
+    }
+
+
+# ---------------------------------------------------------------- KL to the reference policy
+# Samples come from the policy P = π_θ; Q = π_ref. Each estimator is a per-token value whose
+# expectation under P is (k1, k3) or approximates (k2) KL(P || Q) = E_P[log P/Q].
+# The seed writes k3 as "E_Q[Q/P - log(Q/P) - 1]"; the expectation is over the sampling policy P
+# (the Q/P weighting is what makes it unbiased under P), which is what is implemented and tested.
+
+def kl_k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k1 = log P/Q: unbiased, high variance, can be negative per sample."""
+    return logp - logp_ref
+
+
+def kl_k2(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k2 = ½ (log P/Q)²: biased but low variance, never negative."""
+    return 0.5 * (logp - logp_ref) ** 2
+
+
+def kl_k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """k3 = Q/P - log(Q/P) - 1: unbiased, never negative, 0 iff Q = P (the seed's estimator)."""
+    log_q_over_p = logp_ref - logp
+    return torch.expm1(log_q_over_p) - log_q_over_p
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+# ---------------------------------------------------------------- aggregation
+
+AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
+
+
+def loss_numerator(loss: Tensor, mask: Tensor, mode: str) -> Tensor:
+    """The sum part of an aggregation; additive over micro-batches and ranks.
+
+    token_mean / constant: Σ over response tokens.  sequence_mean: Σ over responses of the
+    response's own token mean.  Shapes: loss, mask (..., T) -> scalar.
+    """
+    if mode in ("token_mean", "constant"):
+        return (loss * mask).sum()
+    if mode == "sequence_mean":
+        per_seq = (loss * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+        return per_seq.sum()
+    raise ValueError(f"unknown aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+
+
+def loss_denominator(mask: Tensor, mode: str, constant: float | None = None) -> float:
+    """The count part: response tokens, responses, or responses × a constant length.
+
+    `constant` (mode "constant" only) is the per-response normaliser L; it defaults to the padded
+    length T, so the loss is Σ tokens / (N·L) whatever each response's length (Dr. GRPO).
+    """
+    num_seqs = mask[..., 0].numel()
+    if mode == "token_mean":
+        return float(mask.sum().item())
+    if mode == "sequence_mean":
+        return float(num_seqs)
+    if mode == "constant":
+        return float(num_seqs * (constant if constant is not None else mask.shape[-1]))
+    raise ValueError(f"unknown aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+
+
+def aggregate(
+    loss: Tensor, mask: Tensor, mode: str, denominator: float | None = None,
+    constant: float | None = None,
+) -> Tensor:
+    """Reduce a per-token loss to a scalar: numerator / denominator.
+
+    Pass the *global* denominator (over all micro-batches and ranks) when the batch is split;
+    then Σ_micro aggregate(micro, denominator=global) equals aggregate(full batch).
+    """
+    if denominator is None:
+        denominator = loss_denominator(mask, mode, constant)
+    return loss_numerator(loss, mask, mode) / max(denominator, 1e-12)

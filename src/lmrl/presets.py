@@ -1,0 +1,30 @@
+"""Named starting configs for `--preset`. Flags given after a preset override it."""
+
+from lmrl.config import AlgoConfig, Config, LogConfig, PolicyConfig, TaskConfig, TrainConfig
+
+
+def lecture() -> Config:
+    """The lecture's own set-up (CS336 lecture 17 code): its 3 prompts, n=3, V=5, the linear model
+    with d=10 and its initialisation, inclusion+adjacency reward, centered deltas, naive loss,
+    10 samples, 100 batches × 10 gradient steps each, Adam at lr 1e-3, no clipping."""
+    return Config(
+        task=TaskConfig(n=3, V=5, prompts="lecture", reward="inclusion_adjacency"),
+        policy=PolicyConfig(dim=10, hidden=0, init="lecture"),
+        algo=AlgoConfig(delta="centered", loss="naive", mu=10),
+        train=TrainConfig(B=3, G=10, lr=1e-3, schedule="constant", grad_clip=0.0, steps=100,
+                          seed=5),
+        log=LogConfig(eval_every=10),
+    )
+
+
+def t1() -> Config:
+    """Target T1: all 125 prompts of n=3, V=5, 60% train / 40% held out."""
+    return Config(task=TaskConfig(n=3, V=5, prompts="all", train_frac=0.6))
+
+
+def t3() -> Config:
+    """Target T3: n=8, V=20, random prompts."""
+    return Config(task=TaskConfig(n=8, V=20))
+
+
+PRESETS = {"default": Config, "lecture": lecture, "t1": t1, "t3": t3}

@@ -1,0 +1,168 @@
+"""One GRPO step, in the order of the data flow:
+
+    prompts -> rollouts -> rewards -> deltas -> ref log-probs -> μ × (loss -> update)
+            -> snapshot refresh
+
+The step is written against the policy protocol (sample / logprobs with a response mask), so the
+toy model and a causal LM run through the same code. Shapes: B prompts, G samples each, T
+response tokens; per-token tensors (B, G, T), per-response tensors (B, G).
+"""
+
+import time
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from lmrl.config import Config
+from lmrl.deltas import compute_deltas
+from lmrl.losses import (
+    KL_ESTIMATORS,
+    LOSSES,
+    aggregate,
+    loss_denominator,
+    masked_mean,
+    ratio_diagnostics,
+)
+from lmrl.state import TrainState
+
+
+@dataclass
+class Batch:
+    """Everything the μ updates need, fixed for the step."""
+
+    prompts: Tensor  # (B, n)
+    responses: Tensor  # (B, G, T)
+    mask: Tensor  # (B, G, T)
+    delta: Tensor  # (B, G)
+    logp_ref: Tensor | None  # (B, G, T), only with a KL term
+
+    def split(self, k: int) -> list["Batch"]:
+        """k micro-batches by prompt, so every group stays whole."""
+        parts = {f.name: getattr(self, f.name) for f in fields(self)}
+        chunks = {n: (v.chunk(k) if v is not None else [None] * k) for n, v in parts.items()}
+        return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(k)]
+
+
+def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
+    """Sample, score and update once; returns the step's flat metrics."""
+    a, tr = cfg.algo, cfg.train
+    policy, t0 = state.policy, time.perf_counter()
+
+    prompts = task.sample_prompts(tr.B, state.generator)  # (B, n)
+    with torch.no_grad():
+        rollout = policy.sample(prompts, tr.G, generator=state.generator)  # (B, G, T)
+    rewards = task.rewards(prompts, rollout.responses)  # (B, G)
+    delta = compute_deltas(a.delta, rewards, eps=a.norm_eps)  # (B, G)
+    logp_ref = None
+    if state.reference is not None:
+        logp_ref = state.reference.logprobs(prompts, rollout.responses, rollout.response_mask)
+    batch = Batch(prompts, rollout.responses, rollout.response_mask, delta, logp_ref)
+    t_sampled = time.perf_counter()
+
+    # The loss is divided by the whole batch's count, whatever the micro-batch split.
+    denominator = loss_denominator(batch.mask, a.aggregation)
+    logp_old: list[Tensor] | None = None
+    for _ in range(a.mu):
+        logp_old, diag = policy_update(state, cfg, batch.split(tr.grad_accum), logp_old,
+                                       denominator)
+    state.scheduler.step()
+    state.step += 1
+    refreshed = state.reference.maybe_refresh(policy, state.step) if state.reference else False
+
+    return {
+        **reward_metrics(rewards, delta, task, prompts, rollout.responses),
+        **diag,
+        "train/lr": state.optimizer.param_groups[0]["lr"],
+        "train/ref_refreshed": float(refreshed),
+        "time/sample_seconds": t_sampled - t0,
+        "time/step_seconds": time.perf_counter() - t0,
+    }
+
+
+def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
+                  logp_old: list[Tensor] | None, denominator: float
+                  ) -> tuple[list[Tensor], dict[str, float]]:
+    """One optimizer step over all micro-batches (gradient accumulation).
+
+    On the first call logp_old is None: the parameters are still θ_old, so each micro-batch's
+    detached log-probs *are* log π_old and are stored for the later μ-1 calls.
+    """
+    a = cfg.algo
+    state.optimizer.zero_grad(set_to_none=True)
+    stored, parts = [], []
+    for i, mb in enumerate(micro):
+        logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mb.mask, with_entropy=True)
+        old = logp.detach() if logp_old is None else logp_old[i]
+        stored.append(old)
+        pg = LOSSES[a.loss](logp, old, mb.delta, mb.mask, ratio_level=a.ratio_level,
+                            clip_eps_low=a.eps_low, clip_eps_high=a.eps_high)
+        loss_tok = pg
+        kl = None
+        if mb.logp_ref is not None:
+            kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)
+            loss_tok = pg + a.kl_weight * kl
+        loss = aggregate(loss_tok, mb.mask, a.aggregation, denominator)
+        loss.backward()
+        parts.append((mb.mask.sum().item(), micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy,
+                                                               loss)))
+    grad_norm = grad_clip(state, cfg.train.grad_clip)
+    state.optimizer.step()
+    diag = combine(parts)
+    diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
+    diag["policy/grad_norm"] = grad_norm
+    return stored, diag
+
+
+@torch.no_grad()
+def micro_diagnostics(cfg: Config, logp: Tensor, logp_old: Tensor, mb: Batch, pg: Tensor,
+                      kl: Tensor | None, entropy: Tensor | None, loss: Tensor) -> dict[str, float]:
+    a = cfg.algo
+    ratio = ratio_diagnostics(logp, logp_old, mb.delta, mb.mask, a.ratio_level, a.eps_low,
+                              a.eps_high)
+    out = {f"loss/{k}": v for k, v in ratio.items()}
+    out["loss/pg"] = masked_mean(pg, mb.mask).item()
+    out["loss/total"] = loss.item()
+    if kl is not None:
+        out["loss/kl_ref"] = masked_mean(kl, mb.mask).item()
+    if entropy is not None:
+        out["policy/entropy"] = masked_mean(entropy, mb.mask).item()
+    return out
+
+
+def combine(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Token-weighted means across micro-batches; min/max keys take the min/max."""
+    total = sum(w for w, _ in parts) or 1.0
+    out: dict[str, float] = {}
+    for key in parts[0][1]:
+        values = [d[key] for _, d in parts]
+        if key.endswith("_min"):
+            out[key] = min(values)
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(w * d[key] for w, d in parts) / total
+    return out
+
+
+def grad_clip(state: TrainState, max_norm: float) -> float:
+    params = [p for p in state.policy.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+@torch.no_grad()
+def reward_metrics(rewards: Tensor, delta: Tensor, task, prompts: Tensor,
+                   responses: Tensor) -> dict[str, float]:
+    """What the sampled batch scored. (B, G) in."""
+    flat = rewards.amax(dim=-1) == rewards.amin(dim=-1)
+    return {
+        "train/reward_mean": rewards.mean().item(),
+        "train/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        "train/reward_group_max": rewards.amax(dim=-1).mean().item(),
+        "train/exact_match": task.rewards(prompts, responses, "exact_match").mean().item(),
+        # Groups whose samples all scored the same give no gradient under a group baseline.
+        "train/flat_group_frac": flat.float().mean().item(),
+        "train/delta_abs_mean": delta.abs().mean().item(),
+    }

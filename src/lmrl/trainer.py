@@ -1,0 +1,137 @@
+"""The outer loop: step, log, evaluate, checkpoint; and the run directory it writes.
+
+Run directory:
+    config.json       the exact Config the code read
+    metrics.jsonl     one line per step (flat slash-separated keys); step 0 is the untrained eval
+    summary.json      final eval/* metrics, wall_seconds, steps
+    reward.png        train and held-out reward and exact match per step
+    model.safetensors final policy weights
+    checkpoint.pt     full TrainState (resume with --resume)
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from lmrl.config import Config, describe
+from lmrl.logging import MetricsLogger, read_metrics
+from lmrl.plotting import plot_run
+from lmrl.state import TrainState, build_state
+from lmrl.step import grpo_step
+from lmrl.tasks.sort import SortTask, evaluate_sort
+from lmrl.threads import configure_threads
+
+
+def build_task(cfg: Config) -> SortTask:
+    t = cfg.task
+    return SortTask(n=t.n, V=t.V, repeats=t.repeats, prompts=t.prompts, train_frac=t.train_frac,
+                    heldout_size=t.heldout_size, constants_in_train=t.constants_in_train,
+                    split_seed=t.split_seed, reward=t.reward)
+
+
+def evaluate(state: TrainState, task: SortTask, cfg: Config) -> dict[str, float]:
+    state.policy.eval()
+    metrics = evaluate_sort(task, state.policy, cfg.log.eval_samples or cfg.train.G,
+                            state.eval_generator)
+    state.policy.train()
+    return metrics
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.log.run_dir or time.strftime("runs/%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.log.overwrite or cfg.log.resume):
+        raise FileExistsError(f"run directory {run_dir} is not empty; pass --overwrite to replace "
+                              "it, --resume to continue it, or choose another --run-dir")
+    if run_dir.exists() and cfg.log.overwrite and not cfg.log.resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
+    tmp = run_dir / "checkpoint.pt.tmp"
+    torch.save({"state": state.state_dict(), "config": cfg.to_dict()}, tmp)
+    tmp.replace(run_dir / "checkpoint.pt")  # atomic: a crash never leaves half a checkpoint
+
+
+def resume(state: TrainState, run_dir: Path) -> None:
+    """Restore the state and drop metric rows logged after the checkpoint."""
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state.load_state_dict(ckpt["state"])
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= state.step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | None = None,
+          verbose: bool = True) -> dict:
+    """Run a whole training job; returns the summary (also written to summary.json)."""
+    configure_threads(cfg.train.threads, cfg.policy.model)
+    run_dir = prepare_run_dir(cfg)
+    task = task if task is not None else build_task(cfg)
+    state = build_state(cfg, policy)
+    if cfg.log.resume:
+        resume(state, run_dir)
+    (run_dir / "config.json").write_text(cfg.to_json())
+    say = print if verbose else (lambda *_: None)
+    say(describe(cfg) + f"\nrun directory: {run_dir}")
+
+    logger = MetricsLogger(run_dir, tensorboard=cfg.log.logger == "tensorboard",
+                           append=cfg.log.resume)
+    if state.step == 0:
+        logger.log(0, evaluate(state, task, cfg))
+    last_eval: dict[str, float] = {}
+    t_start = time.perf_counter()
+    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
+               desc="train", dynamic_ncols=True, mininterval=1.0)
+    while state.step < cfg.train.steps:
+        metrics = grpo_step(state, task, cfg)
+        elapsed = time.perf_counter() - t_start
+        out_of_time = 0 < cfg.train.time_limit <= elapsed
+        if state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps or out_of_time:
+            last_eval = evaluate(state, task, cfg)
+            metrics.update(last_eval)
+        metrics["time/elapsed_seconds"] = elapsed
+        logger.log(state.step, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
+                        heldout_em=f"{last_eval.get('eval/exact_match', float('nan')):.3f}")
+        if cfg.log.save_every and state.step % cfg.log.save_every == 0:
+            save_checkpoint(state, cfg, run_dir)
+        if out_of_time:
+            break
+    bar.close()
+    logger.close()
+
+    wall = time.perf_counter() - t_start
+    summary = finish(state, task, cfg, run_dir, wall, last_eval)
+    say(format_summary(summary, run_dir))
+    return summary
+
+
+def finish(state: TrainState, task: SortTask, cfg: Config, run_dir: Path, wall: float,
+           last_eval: dict[str, float]) -> dict:
+    save_checkpoint(state, cfg, run_dir)
+    save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
+              run_dir / "model.safetensors")
+    final = last_eval or evaluate(state, task, cfg)
+    summary = {**final, "steps": state.step, "wall_seconds": wall,
+               "run_dir": str(run_dir)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_run(run_dir)
+    return summary
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    keys = [k for k in summary if k.startswith("eval/")] + ["steps", "wall_seconds"]
+    width = max(len(k) for k in keys)
+    lines = ["", "summary"] + [
+        f"  {k:<{width}}  {summary[k]:.4f}" if isinstance(summary[k], float)
+        else f"  {k:<{width}}  {summary[k]}" for k in keys
+    ]
+    lines.append(f"  plot: {run_dir / 'reward.png'}")
+    return "\n".join(lines)
