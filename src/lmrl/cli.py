@@ -12,7 +12,7 @@ import tyro
 from lmrl.config import Config, ConfigError
 from lmrl.presets import PRESETS
 
-USAGE = """usage: lmrl {train,sweep,plot} ...
+USAGE = """usage: lmrl {{train,sweep,plot}} ...
 
   lmrl train [--preset {presets}] [options]   train one run (lmrl train --help)
   lmrl sweep --grid delta=raw,centered [--grid ...] [--seeds 0 1] [--out DIR] [-- train options]

@@ -66,11 +66,13 @@ class PolicyConfig:
     """Initialisation. lecture: E ~ N(0,1), W ~ N(0,1)/sqrt(d); scaled: the same times init_scale."""
     init_scale: float = 0.5
     """Multiplier of every weight when init=scaled (logits shrink by its cube)."""
+    symmetric_init: bool = True
+    """Start all prompt positions' encode matrices equal (the policy starts order-invariant)."""
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    delta: str = "centered"
+    delta: str = "normalized"
     """How rewards become Δ. Valid: raw, centered, normalized, max_only, rloo."""
     norm_eps: float = 1e-6
     """eps in normalized deltas (R - mean) / (std + eps)."""
@@ -85,7 +87,7 @@ class AlgoConfig:
     ratio_level: str = "token"
     """Importance ratio per token (GRPO) or per response (the seed's π(A|S)/π_old(A|S)).
     Valid: token, sequence."""
-    kl_weight: float = 0.0
+    kl_weight: float = 0.1
     """λ in L = L_pg + λ·KL(π || π_ref); 0 disables the reference policy entirely."""
     kl_estimator: str | None = None
     """Per-token KL estimator (default k3 when kl_weight > 0). Valid: k1, k2, k3."""
@@ -129,7 +131,7 @@ class TrainConfig:
     """Clip the gradient norm to this value; 0 disables."""
     grad_accum: int = 1
     """Split each step's prompts into this many micro-batches (same objective, less memory)."""
-    steps: int = 1500
+    steps: int = 3000
     """Training steps (one step = sample, score, μ updates)."""
     time_limit: float = 0.0
     """Stop after this many seconds of training (0 = no limit); the final evaluation still runs."""
@@ -145,7 +147,7 @@ class LogConfig:
     """Run directory (default runs/<timestamp>)."""
     overwrite: bool = False
     """Allow writing into an existing run directory."""
-    eval_every: int = 100
+    eval_every: int = 250
     """Evaluate on held-out prompts every k steps (and at the end)."""
     eval_samples: int = 0
     """Samples per held-out prompt for pass@G (0 = G)."""
@@ -175,8 +177,16 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        groups = {f.name: f.type for f in dataclasses.fields(cls)}
-        return cls(**{k: _GROUPS[k](**v) for k, v in d.items() if k in groups})
+        unknown = set(d) - set(_GROUPS)
+        if unknown:
+            raise ConfigError(f"unknown config groups {sorted(unknown)}; valid: {', '.join(_GROUPS)}")
+        built = {}
+        for group, values in d.items():
+            names = {f.name for f in dataclasses.fields(_GROUPS[group])}
+            if set(values) - names:
+                raise ConfigError(f"unknown {group} fields {sorted(set(values) - names)}")
+            built[group] = _GROUPS[group](**values)
+        return cls(**built)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -219,7 +229,7 @@ def validate(cfg: Config) -> None:
     if tr.G < 2 and a.delta in GROUP_BASELINE:
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
                           "samples per prompt; raise G or use delta=raw")
-    if min(a.eps_low, a.eps_high) <= 0:
+    if a.loss == "clipped" and min(a.eps_low, a.eps_high) <= 0:
         raise ConfigError(f"clip ε must be > 0 (got low={a.eps_low}, high={a.eps_high}); "
                           "to remove clipping use loss=unclipped")
     if a.kl_weight < 0:
@@ -232,8 +242,8 @@ def validate(cfg: Config) -> None:
                           "policy exists only for the KL term) and must be >= 0")
     if a.mu < 1:
         raise ConfigError(f"algo.mu={a.mu} must be >= 1")
-    if a.mu > 1 and a.loss == "naive":
-        print(f"note: loss=naive with mu={a.mu} reuses stale samples without a ratio correction")
+    if a.norm_eps < 0:
+        raise ConfigError(f"algo.norm_eps={a.norm_eps} must be >= 0")
     positive = {"train.B": tr.B, "train.G": tr.G, "train.steps": tr.steps,
                 "train.grad_accum": tr.grad_accum, "log.eval_every": lg.eval_every}
     for name, value in positive.items():
@@ -253,6 +263,10 @@ def describe(cfg: Config) -> str:
         ref = f"on (λ={a.kl_weight}, {a.estimator}), {refresh}"
     else:
         ref = "off (kl_weight=0: no reference model is built)"
+    if a.mu > 1 and a.loss == "naive":
+        old_note = f"; note: loss=naive with μ={a.mu} reuses stale samples with no ratio correction"
+    else:
+        old_note = ""
     old = ("logp_old = detached current log-probs (μ=1: ratio is 1, no extra pass)" if a.mu == 1
            else f"logp_old stored from the first of μ={a.mu} passes (no model copy)")
     return "\n".join([
@@ -263,7 +277,7 @@ def describe(cfg: Config) -> str:
         f"delta: {a.delta}; loss: {a.loss} (ε={a.eps_low}/{a.eps_high}, ratio per {a.ratio_level}"
         f"); aggregation: {a.aggregation}",
         f"reference policy: {ref}",
-        f"old policy: {old}",
+        f"old policy: {old}{old_note}",
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
         f"lr={cfg.train.lr} ({cfg.train.schedule})",
     ])

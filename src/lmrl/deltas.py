@@ -37,7 +37,8 @@ def centered(rewards: Tensor) -> Tensor:
 def normalized(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     """Δ_i = (R_i - mean) / (std + eps), unbiased std over the group."""
     std = rewards.std(dim=-1, keepdim=True, unbiased=True)
-    return centered(rewards) / (std + eps)
+    delta = centered(rewards)
+    return torch.where(delta == 0, 0.0, delta / (std + eps))  # 0/(0+eps) even when eps = 0
 
 
 def max_only(rewards: Tensor) -> Tensor:
@@ -49,6 +50,8 @@ def max_only(rewards: Tensor) -> Tensor:
 def rloo(rewards: Tensor) -> Tensor:
     """Leave-one-out: Δ_i = R_i - mean_{j≠i} R_j = G/(G-1) · (R_i - mean)."""
     G = rewards.shape[-1]
+    if G < 2:
+        raise ValueError("rloo needs G >= 2 samples per group (the others are the baseline)")
     return centered(rewards) * (G / (G - 1))
 
 

@@ -27,14 +27,17 @@ def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = 
 
     level="token": r_t = exp(logp_t - logp_old_t), the per-token ratio GRPO/PPO code uses.
     level="sequence": r = exp(Σ_t (logp_t - logp_old_t)) = π_θ(A|S)/π_old(A|S), the per-response
-    ratio exactly as the seed defines it, broadcast to every token of the response.
+    ratio exactly as the seed defines it. Every token carries the value r, but token t's gradient
+    is r·∇logp_t (not r·∇log π(A|S)): summed over the response's tokens that is r·∇log π(A|S),
+    so aggregation does not multiply each response's gradient by its length.
     Shapes: logp, logp_old, mask (..., T) -> (..., T).
     """
-    diff = (logp - logp_old.detach()) * mask
+    diff = torch.where(mask.bool(), logp - logp_old.detach(), 0.0)
     if level == "token":
         return torch.exp(diff)
     if level == "sequence":
-        return torch.exp(diff.sum(dim=-1, keepdim=True)).expand_as(logp)
+        seq = torch.exp(diff.sum(dim=-1, keepdim=True)).detach()
+        return seq * torch.exp(diff - diff.detach())
     raise ValueError(f"unknown ratio level {level!r}; valid: token, sequence")
 
 
@@ -87,7 +90,7 @@ def ratio_diagnostics(
     d = delta.unsqueeze(-1).expand_as(ratio)
     low = ((d < 0) & (ratio < 1.0 - clip_eps_low)).float()
     high = ((d > 0) & (ratio > 1.0 + clip_eps_high)).float()
-    log_r = (logp - logp_old) * mask
+    log_r = torch.where(mask.bool(), logp - logp_old, 0.0)
     on = mask.bool()
     return {
         "clip_frac_low": masked_mean(low, mask).item(),

@@ -9,8 +9,8 @@ def lecture() -> Config:
     10 samples, 100 batches × 10 gradient steps each, Adam at lr 1e-3, no clipping."""
     return Config(
         task=TaskConfig(n=3, V=5, prompts="lecture", reward="inclusion_adjacency"),
-        policy=PolicyConfig(dim=10, hidden=0, init="lecture"),
-        algo=AlgoConfig(delta="centered", loss="naive", mu=10),
+        policy=PolicyConfig(dim=10, hidden=0, init="lecture", symmetric_init=False),
+        algo=AlgoConfig(delta="centered", loss="naive", mu=10, kl_weight=0.0),
         train=TrainConfig(B=3, G=10, lr=1e-3, schedule="constant", grad_clip=0.0, steps=100,
                           seed=5),
         log=LogConfig(eval_every=10),

@@ -58,7 +58,7 @@ class TrainState:
 def build_policy(cfg: Config) -> nn.Module:
     p, t = cfg.policy, cfg.task
     return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
-                         init_scale=p.init_scale)
+                         init_scale=p.init_scale, symmetric_init=p.symmetric_init)
 
 
 def lr_lambda(cfg: Config):

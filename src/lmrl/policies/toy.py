@@ -14,6 +14,12 @@ W ~ N(0, 1)/√d. Its starting logits are large (std ≈ √(n·d)), so the star
 deterministic: all G samples of a prompt coincide, centered deltas are all zero and learning
 never starts. init="scaled" multiplies every parameter by init_scale; with three multiplicative
 factors the logits shrink by init_scale³ and the starting policy is close to uniform.
+
+symmetric_init starts every prompt position's encode matrix from the same random matrix. The
+parameters stay position-specific and free to diverge, but the starting policy ignores prompt
+order, as sorting does; on T1 (75 training prompts of 125) this lifts held-out exact match from
+~0.81 to ~0.99 (bench/targets.py), because what is learnt for (4, 4, 1) then carries over to an
+unseen (1, 4, 4).
 """
 
 import math
@@ -28,14 +34,16 @@ INITS = ("lecture", "scaled")
 
 class ToySortPolicy(nn.Module):
     def __init__(self, V: int, n: int, P: int | None = None, dim: int = 10, hidden: int = 0,
-                 init: str = "lecture", init_scale: float = 1.0) -> None:
+                 init: str = "lecture", init_scale: float = 1.0,
+                 symmetric_init: bool = False) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
         P = n if P is None else P
         self.V, self.n, self.P, self.hidden = V, n, P, hidden
         self.embedding = nn.Embedding(V, dim)
-        self.encode = nn.Parameter(torch.randn(n, dim, dim) / math.sqrt(dim))
+        encode = torch.randn(1 if symmetric_init else n, dim, dim) / math.sqrt(dim)
+        self.encode = nn.Parameter(encode.expand(n, dim, dim).clone())
         width = hidden if hidden > 0 else dim
         if hidden > 0:
             self.hidden_layer = nn.Linear(dim, hidden)

@@ -1,0 +1,257 @@
+"""Config validation, round-trips, presets and the CLI's error path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmrl.cli import main
+from lmrl.config import AlgoConfig, Config, ConfigError, TaskConfig, TrainConfig, validate
+from lmrl.presets import PRESETS
+
+VALID = {
+    "delta": ("raw", "centered", "normalized", "max_only", "rloo"),
+    "loss": ("naive", "unclipped", "clipped"),
+    "aggregation": ("token_mean", "sequence_mean", "constant"),
+    "reward": ("exact_match", "positional", "inclusion_adjacency",
+               "inclusion_adjacency_multiset"),
+    "kl_estimator": ("k1", "k2", "k3"),
+}
+
+
+def build(**groups):
+    return Config().replace(**groups)
+
+
+def raises(match, **groups):
+    with pytest.raises(ConfigError, match=match) as err:
+        build(**groups)
+    return str(err.value)
+
+
+# ---------------------------------------------------------------- unknown names
+
+
+@pytest.mark.parametrize("group, field", [
+    ("algo", "delta"), ("algo", "loss"), ("algo", "aggregation"), ("task", "reward"),
+    ("algo", "kl_estimator"),
+])
+def test_unknown_name_lists_valid_ones(group, field):
+    extra = {"kl_weight": 0.1} if field == "kl_estimator" else {}
+    groups = {group: {field: "nope"}}
+    if extra:
+        groups["algo"] = {**groups["algo"], **extra}
+    msg = raises("nope", **groups)
+    assert f"{group}.{field}" in msg
+    assert "valid" in msg
+    for name in VALID[field]:
+        assert name in msg
+
+
+def test_valid_names_in_config_match_the_registries():
+    from lmrl.deltas import DELTAS
+    from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from lmrl.tasks.sort import REWARDS
+    assert tuple(DELTAS) == VALID["delta"]
+    assert tuple(LOSSES) == VALID["loss"]
+    assert tuple(AGGREGATIONS) == VALID["aggregation"]
+    assert tuple(REWARDS) == VALID["reward"]
+    assert tuple(KL_ESTIMATORS) == VALID["kl_estimator"]
+
+
+# ---------------------------------------------------------------- contradictory settings
+
+
+@pytest.mark.parametrize("delta", ["centered", "normalized", "rloo"])
+def test_g1_with_group_baseline_raises(delta):
+    msg = raises("G=1", algo={"delta": delta}, train={"G": 1})
+    assert "raise G or use delta=raw" in msg
+
+
+@pytest.mark.parametrize("delta", ["raw", "max_only"])
+def test_g1_without_group_baseline_is_fine(delta):
+    cfg = build(algo={"delta": delta}, train={"G": 1})
+    assert cfg.train.G == 1 and cfg.algo.delta == delta
+
+
+def test_g2_with_group_baseline_is_fine():
+    assert build(algo={"delta": "rloo"}, train={"G": 2}).train.G == 2
+
+
+def test_n_greater_than_v_without_repeats():
+    msg = raises("without repeats", task={"n": 6, "V": 5, "repeats": False})
+    assert "lower n, raise V or set repeats" in msg
+    assert build(task={"n": 6, "V": 5, "repeats": True}).task.n == 6
+    assert build(task={"n": 5, "V": 5, "repeats": False}).task.n == 5
+
+
+@pytest.mark.parametrize("algo", [
+    {"clip_eps": 0.0}, {"clip_eps": -0.1}, {"clip_eps_low": 0.0}, {"clip_eps_high": -1.0},
+])
+def test_clip_eps_must_be_positive(algo):
+    msg = raises("clip ε must be > 0", algo=algo)
+    assert "loss=unclipped" in msg
+
+
+def test_separate_clip_eps_default_to_clip_eps():
+    a = build(algo={"clip_eps": 0.3, "clip_eps_high": 0.28}).algo
+    assert (a.eps_low, a.eps_high) == (0.3, 0.28)
+
+
+def test_kl_estimator_without_kl_weight():
+    msg = raises("kl_estimator", algo={"kl_estimator": "k3", "kl_weight": 0.0})
+    assert "set kl_weight > 0 or drop kl_estimator" in msg
+    a = build(algo={"kl_estimator": "k2", "kl_weight": 0.1}).algo
+    assert a.estimator == "k2"
+    assert build(algo={"kl_weight": 0.1}).algo.estimator == "k3"
+
+
+def test_ref_refresh_without_kl_weight():
+    msg = raises("ref_refresh", algo={"ref_refresh": 10, "kl_weight": 0.0})
+    assert "kl_weight > 0" in msg
+    assert build(algo={"ref_refresh": 10, "kl_weight": 0.1}).algo.ref_refresh == 10
+    raises("ref_refresh", algo={"ref_refresh": -1, "kl_weight": 0.1})
+
+
+def test_negative_kl_weight():
+    raises("kl_weight", algo={"kl_weight": -0.1})
+
+
+@pytest.mark.parametrize("mu", [0, -1])
+def test_mu_below_one(mu):
+    raises(f"algo.mu={mu} must be >= 1", algo={"mu": mu})
+
+
+def test_b_not_divisible_by_grad_accum():
+    msg = raises("not divisible", train={"B": 10, "grad_accum": 3})
+    assert "train.B=10" in msg and "grad_accum=3" in msg
+    assert build(train={"B": 12, "grad_accum": 3}).train.grad_accum == 3
+
+
+@pytest.mark.parametrize("groups, match", [
+    ({"task": {"n": 1}}, "n >= 2"),
+    ({"task": {"prompts": "lecture"}}, "n=3 and V=5"),
+    ({"task": {"train_frac": 1.0}}, "train_frac"),
+    ({"train": {"lr": 0.0}}, "train.lr"),
+    ({"train": {"B": 0}}, "train.B=0"),
+])
+def test_other_invalid_settings(groups, match):
+    raises(match, **groups)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ConfigError):
+        Config(algo=AlgoConfig(delta="nope"))
+    with pytest.raises(ConfigError):
+        Config(task=TaskConfig(n=6, V=5, repeats=False))
+    with pytest.raises(ConfigError):
+        Config(train=TrainConfig(B=10, grad_accum=4))
+
+
+# ---------------------------------------------------------------- round-trips and presets
+
+
+def _non_default():
+    return build(task={"n": 3, "V": 5, "prompts": "all", "reward": "exact_match"},
+                 algo={"delta": "rloo", "kl_weight": 0.05, "kl_estimator": "k1",
+                       "clip_eps_low": 0.1, "aggregation": "constant"},
+                 train={"B": 8, "G": 4, "grad_accum": 2})
+
+
+@pytest.mark.parametrize("make", [Config, _non_default, *PRESETS.values()])
+def test_to_dict_from_dict_round_trip(make):
+    cfg = make()
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_round_trip_keeps_non_defaults():
+    d = _non_default().to_dict()
+    assert d["algo"]["delta"] == "rloo"
+    assert d["algo"]["clip_eps_low"] == 0.1
+    assert d["train"]["grad_accum"] == 2
+    assert Config.from_dict(d) != Config()
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.algo.delta = "raw"
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_a_valid_config(name):
+    cfg = PRESETS[name]()
+    assert isinstance(cfg, Config)
+    validate(cfg)
+
+
+def test_preset_contents():
+    assert set(PRESETS) >= {"default", "lecture", "t1", "t3"}
+    lec = PRESETS["lecture"]()
+    assert (lec.task.n, lec.task.V, lec.task.prompts) == (3, 5, "lecture")
+    assert (lec.algo.delta, lec.algo.loss, lec.train.G) == ("centered", "naive", 10)
+    t1 = PRESETS["t1"]()
+    assert (t1.task.n, t1.task.V, t1.task.prompts, t1.task.train_frac) == (3, 5, "all", 0.6)
+    t3 = PRESETS["t3"]()
+    assert (t3.task.n, t3.task.V) == (8, 20)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_bad_delta_subprocess_exits_2_without_traceback():
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "lmrl.cli", "train", "--delta", "nope",
+                           "--steps", "1"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "nope" in proc.stderr
+    for name in VALID["delta"]:
+        assert name in proc.stderr
+
+
+def test_cli_help_mentions_kl_weight(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "--kl-weight" in capsys.readouterr().out
+
+
+def test_cli_unknown_preset_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown preset" in err
+    for name in PRESETS:
+        assert name in err
+
+
+def test_cli_contradictory_flags_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--G", "1", "--delta", "rloo"])
+    assert exit_info.value.code == 2
+    assert "G" in capsys.readouterr().err
+
+
+def test_cli_no_command_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "lmrl train" in capsys.readouterr().err
+
+
+def test_cli_top_level_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    err = capsys.readouterr().err
+    assert "lmrl {train,sweep,plot}" in err
+    assert "default|lecture|t1|t3" in err

@@ -1,0 +1,188 @@
+"""Tier 1-2 tests of lmrl.deltas: every delta against hand-computed numbers, plus equivalences.
+
+Hand computations used below, for rewards R = [1, 2, 3, 6] (one group, G = 4):
+  mean = 12 / 4 = 3                          -> centered = [-2, -1, 0, 3]
+  unbiased var = (4 + 1 + 0 + 9) / 3 = 14/3  -> std = sqrt(14/3) = 2.160246899...
+  normalized = centered / (std + 1e-6)       =  [-0.925820, -0.462910, 0, 1.388730]
+  (the biased std sqrt(14/4) = 1.870829 would give [-1.069045, -0.534522, 0, 1.603567])
+  rloo_i = R_i - mean of the other three     =  [1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3]
+                                             =  [-8/3, -4/3, 0, 4]
+  max_only                                   =  [0, 0, 0, 6]
+"""
+
+import pytest
+import torch
+
+from lmrl.deltas import (
+    DELTAS,
+    GROUP_BASELINE,
+    centered,
+    compute_deltas,
+    max_only,
+    normalized,
+    raw,
+    rloo,
+)
+
+R = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+
+
+def assert_close(actual, expected, atol=1e-6):
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), rtol=0,
+                               atol=atol)
+
+
+# ---------------------------------------------------------------- hand-computed values
+
+
+def test_raw_is_the_reward_and_a_copy():
+    out = raw(R)
+    assert_close(out, [[1.0, 2.0, 3.0, 6.0]], atol=0)
+    out[0, 0] = 100.0
+    assert R[0, 0].item() == 1.0  # raw must not alias its input
+
+
+def test_centered_hand_values():
+    assert_close(centered(R), [[-2.0, -1.0, 0.0, 3.0]], atol=0)
+
+
+def test_centered_groups_are_independent():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [10.0, 10.0, 0.0, 0.0]])
+    assert_close(centered(rewards), [[-2.0, -1.0, 0.0, 3.0], [5.0, 5.0, -5.0, -5.0]], atol=0)
+
+
+def test_normalized_uses_unbiased_std_and_default_eps():
+    # sqrt(14/3) = 2.1602468995; -2 / (2.1602468995 + 1e-6) = -0.9258197, etc.
+    assert_close(normalized(R), [[-0.9258197, -0.4629098, 0.0, 1.3887296]], atol=2e-7)
+    # and *not* the biased (G) std:
+    assert not torch.allclose(normalized(R), torch.tensor([[-1.069045, -0.534522, 0.0, 1.603567]]),
+                              atol=1e-3)
+
+
+def test_normalized_round_numbers():
+    # [1, 3, 5]: mean 3, centered [-2, 0, 2], unbiased var (4 + 0 + 4) / 2 = 4, std = 2.
+    rewards = torch.tensor([[1.0, 3.0, 5.0]])
+    assert_close(normalized(rewards, eps=0.0), [[-1.0, 0.0, 1.0]], atol=0)
+    assert_close(normalized(rewards, eps=1.0), [[-2 / 3, 0.0, 2 / 3]])  # 2 / (2 + 1)
+    assert_close(normalized(rewards), [[-0.9999995, 0.0, 0.9999995]], atol=1e-7)  # 2 / 2.000001
+
+
+def test_compute_deltas_passes_eps_only_to_normalized():
+    rewards = torch.tensor([[1.0, 3.0, 5.0]])
+    assert_close(compute_deltas("normalized", rewards, eps=2.0), [[-0.5, 0.0, 0.5]])  # 2/(2+2)
+    assert_close(compute_deltas("centered", rewards, eps=2.0), [[-2.0, 0.0, 2.0]], atol=0)
+
+
+def test_rloo_hand_values():
+    assert_close(rloo(R), [[-8 / 3, -4 / 3, 0.0, 4.0]])
+
+
+def test_rloo_matches_explicit_leave_one_out_loop():
+    rewards = torch.rand(5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    B, G = rewards.shape
+    expected = torch.empty_like(rewards)
+    for b in range(B):
+        for i in range(G):
+            others = [rewards[b, j].item() for j in range(G) if j != i]
+            expected[b, i] = rewards[b, i].item() - sum(others) / len(others)
+    torch.testing.assert_close(rloo(rewards), expected, rtol=0, atol=1e-12)
+
+
+def test_max_only_hand_values():
+    assert_close(max_only(R), [[0.0, 0.0, 0.0, 6.0]], atol=0)
+
+
+def test_max_only_ties_all_keep_raw_reward():
+    rewards = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.5, 4.0, 4.0, 4.0]])
+    assert_close(max_only(rewards), [[0.0, 3.0, 3.0, 0.0], [0.0, 4.0, 4.0, 4.0]], atol=0)
+
+
+def test_max_only_all_equal_group_keeps_R_no_baseline():
+    """max_only has no baseline: a group whose rewards are all equal keeps R for every sample
+    (like raw), unlike centered/normalized/rloo, which give 0 for such a group."""
+    rewards = torch.tensor([[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
+    assert_close(max_only(rewards), [[2.0, 2.0, 2.0], [0.0, 0.0, 0.0]], atol=0)
+    assert_close(centered(rewards), [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], atol=0)
+
+
+def test_max_only_negative_rewards_keep_the_max_value():
+    assert_close(max_only(torch.tensor([[-1.0, -3.0]])), [[-1.0, 0.0]], atol=0)
+
+
+# ---------------------------------------------------------------- equivalences and edge cases
+
+
+def test_centered_sums_to_zero_per_group():
+    rewards = torch.rand(16, 8, generator=torch.Generator().manual_seed(1)) * 10
+    sums = centered(rewards).sum(dim=-1)
+    torch.testing.assert_close(sums, torch.zeros(16), rtol=0, atol=1e-5)
+
+
+def test_rloo_is_scaled_centered():
+    rewards = torch.rand(4, 5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(rloo(rewards), centered(rewards) * 5 / 4)
+
+
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 0.7, 2.0, 0.0, -1.5, 1e-8])
+@pytest.mark.parametrize("name", sorted(GROUP_BASELINE))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equal_rewards_give_exact_zero(name, value, dtype):
+    # a second, non-constant group checks that the zeroing is per group
+    rewards = torch.tensor([[value] * 3, [0.0, 1.0, 2.0]], dtype=dtype)
+    out = compute_deltas(name, rewards)
+    assert not torch.isnan(out).any()
+    assert (out[0] == 0).all(), out[0].tolist()  # exactly 0, not 1 ulp of noise
+    assert out[1, 0].item() < 0 < out[1, 2].item()
+
+
+@pytest.mark.parametrize("G", [2, 3, 5, 10])
+def test_equal_awkward_floats_exact_zero_various_G(G):
+    rewards = torch.full((1, G), 0.1)
+    for name in GROUP_BASELINE:
+        assert (compute_deltas(name, rewards) == 0).all(), name
+
+
+def test_normalized_eps_zero_constant_group_is_zero_not_nan():
+    out = normalized(torch.tensor([[2.0, 2.0, 2.0]]), eps=0.0)
+    assert not torch.isnan(out).any()
+    assert (out == 0).all()
+
+
+def test_seed_two_state_baseline_example():
+    """Seed: B(S1)=10, B(S2)=1 turn rewards 11, 9 (S1) and 0, 2 (S2) into 1, -1, -1, 1.
+    With both actions sampled once per state the group mean is exactly that baseline."""
+    rewards = torch.tensor([[11.0, 9.0], [0.0, 2.0]])
+    baselines = torch.tensor([[10.0], [1.0]])
+    assert_close(rewards - baselines, [[1.0, -1.0], [-1.0, 1.0]], atol=0)
+    assert_close(centered(rewards), [[1.0, -1.0], [-1.0, 1.0]], atol=0)
+    # rloo with G=2: 11 - 9 = 2, 9 - 11 = -2, 0 - 2 = -2, 2 - 0 = 2
+    assert_close(rloo(rewards), [[2.0, -2.0], [-2.0, 2.0]], atol=0)
+
+
+@pytest.mark.parametrize("name", list(DELTAS))
+def test_shape_preserved_and_input_untouched(name):
+    rewards = torch.rand(3, 4, generator=torch.Generator().manual_seed(3))
+    before = rewards.clone()
+    out = compute_deltas(name, rewards)
+    assert out.shape == (3, 4)
+    assert torch.equal(rewards, before)
+
+
+def test_compute_deltas_dispatches_each_name():
+    expected = {
+        "raw": [[1.0, 2.0, 3.0, 6.0]],
+        "centered": [[-2.0, -1.0, 0.0, 3.0]],
+        "normalized": [[-0.9258197, -0.4629098, 0.0, 1.3887296]],
+        "max_only": [[0.0, 0.0, 0.0, 6.0]],
+        "rloo": [[-8 / 3, -4 / 3, 0.0, 4.0]],
+    }
+    assert set(expected) == set(DELTAS)
+    for name, values in expected.items():
+        assert_close(compute_deltas(name, R), values, atol=2e-7)
+
+
+def test_compute_deltas_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="nope") as err:
+        compute_deltas("nope", R)
+    for name in ("raw", "centered", "normalized", "max_only", "rloo"):
+        assert name in str(err.value)
