@@ -1,0 +1,143 @@
+"""Tiers 3 and 5: the GRPO step on the toy model — passes made, snapshots, accumulation."""
+
+import io
+
+import pytest
+import torch
+
+from lmrl.config import Config
+from lmrl.state import build_state
+from lmrl.step import Batch, grpo_step, policy_update
+from lmrl.trainer import build_task
+
+SMALL = {"task": {"n": 4, "V": 6, "heldout_size": 100},
+         "policy": {"dim": 16, "hidden": 32},
+         "train": {"B": 8, "G": 4, "steps": 50}}
+
+
+def small_cfg(**groups) -> Config:
+    merged = {k: dict(v) for k, v in SMALL.items()}
+    for k, v in groups.items():
+        merged.setdefault(k, {}).update(v)
+    return Config().replace(**merged)
+
+
+class CountingPolicy(torch.nn.Module):
+    """Wraps a policy and counts log-prob passes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def sample(self, *a, **k):
+        return self.inner.sample(*a, **k)
+
+    def logprobs(self, *a, **k):
+        self.calls += 1
+        return self.inner.logprobs(*a, **k)
+
+
+@pytest.mark.parametrize("mu", [1, 3])
+def test_one_logprob_pass_per_update_and_none_for_logp_old(mu):
+    """μ=1: logp_old is the detached current log-probs, so one pass; μ=3: three, not four."""
+    cfg = small_cfg(algo={"mu": mu, "kl_weight": 0.0})
+    state = build_state(cfg)
+    state.policy = CountingPolicy(state.policy)
+    grpo_step(state, build_task(cfg), cfg)
+    assert state.policy.calls == mu
+
+
+def test_mu_one_ratio_is_exactly_one():
+    cfg = small_cfg(algo={"mu": 1})
+    metrics = grpo_step(build_state(cfg), build_task(cfg), cfg)
+    assert metrics["loss/ratio_min"] == 1.0 == metrics["loss/ratio_max"]
+    assert metrics["loss/approx_kl_old"] == 0.0
+
+
+def test_mu_greater_than_one_moves_the_ratio_and_reports_clipping():
+    cfg = small_cfg(algo={"mu": 8, "clip_eps": 0.05}, train={"lr": 3e-2})
+    metrics = grpo_step(build_state(cfg), build_task(cfg), cfg)
+    assert metrics["loss/ratio_max"] > 1.0 or metrics["loss/ratio_min"] < 1.0
+    assert metrics["loss/clip_frac_low"] + metrics["loss/clip_frac_high"] > 0
+
+
+def test_reference_exists_only_with_kl_and_refreshes_on_schedule():
+    assert build_state(small_cfg(algo={"kl_weight": 0.0})).reference is None
+    cfg = small_cfg(algo={"kl_weight": 0.1, "ref_refresh": 3}, train={"lr": 1e-2})
+    state, task = build_state(cfg), build_task(cfg)
+    refreshed = [grpo_step(state, task, cfg)["train/ref_refreshed"] for _ in range(7)]
+    assert refreshed == [0, 0, 1, 0, 0, 1, 0]
+    ref = state.reference.model.state_dict()
+    assert any(not torch.equal(v, state.policy.state_dict()[k]) for k, v in ref.items())
+
+
+def test_reference_never_refreshed_stays_the_initial_policy():
+    cfg = small_cfg(algo={"kl_weight": 0.1, "ref_refresh": 0}, train={"lr": 1e-2})
+    state, task = build_state(cfg), build_task(cfg)
+    initial = {k: v.clone() for k, v in state.policy.state_dict().items()}
+    for _ in range(5):
+        metrics = grpo_step(state, task, cfg)
+    for k, v in state.reference.model.state_dict().items():
+        assert torch.equal(v, initial[k])
+    assert metrics["loss/kl_ref"] > 0
+
+
+def test_parameters_change_after_one_step():
+    cfg = small_cfg()
+    state = build_state(cfg)
+    before = {k: v.clone() for k, v in state.policy.state_dict().items()}
+    grpo_step(state, build_task(cfg), cfg)
+    changed = [k for k, v in state.policy.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and state.step == 1
+
+
+def _gradients(cfg: Config, k: int) -> list[torch.Tensor]:
+    state, task = build_state(cfg), build_task(cfg)
+    g = torch.Generator().manual_seed(3)
+    prompts = task.sample_prompts(cfg.train.B, g)
+    rollout = state.policy.sample(prompts, cfg.train.G, generator=g)
+    rewards = task.rewards(prompts, rollout.responses)
+    delta = rewards - rewards.mean(dim=-1, keepdim=True)
+    mask = rollout.response_mask.clone()
+    mask[::2, :, -1] = 0  # ragged responses, so the normaliser matters
+    logp_ref = state.reference.logprobs(prompts, rollout.responses, mask) if state.reference \
+        else None
+    batch = Batch(prompts, rollout.responses, mask, delta, logp_ref)
+    from lmrl.losses import loss_denominator
+
+    state.optimizer.step = lambda: None  # keep the gradients, skip the update
+    policy_update(state, cfg, batch.split(k), None,
+                  loss_denominator(mask, cfg.algo.aggregation))
+    return [p.grad.clone() for p in state.policy.parameters()]
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
+def test_gradient_accumulation_equals_one_big_batch(aggregation):
+    cfg = small_cfg(algo={"aggregation": aggregation, "kl_weight": 0.1},
+                    train={"grad_clip": 0.0})
+    full = _gradients(cfg, 1)
+    for k in (2, 4):
+        for a, b in zip(full, _gradients(cfg, k), strict=True):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_train_state_round_trip_resumes_bit_for_bit():
+    cfg = small_cfg(algo={"kl_weight": 0.1, "ref_refresh": 4})
+    task = build_task(cfg)
+    straight = build_state(cfg)
+    for _ in range(8):
+        grpo_step(straight, task, cfg)
+
+    first = build_state(cfg)
+    for _ in range(4):
+        grpo_step(first, task, cfg)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = build_state(cfg.replace(train={"seed": 123}))  # different init, overwritten
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    for _ in range(4):
+        grpo_step(resumed, task, cfg)
+    for k, v in straight.policy.state_dict().items():
+        assert torch.equal(v, resumed.policy.state_dict()[k])
+    assert resumed.step == 8
