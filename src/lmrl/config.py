@@ -63,7 +63,7 @@ class PolicyConfig:
     hidden: int = 256
     """Width of the hidden ReLU layer between encode and decode; 0 = the lecture's linear model."""
     init: str = "scaled"
-    """Initialisation. lecture: E ~ N(0,1), W ~ N(0,1)/sqrt(d); scaled: the same times init_scale."""
+    """Initialisation. lecture: E ~ N(0,1), W ~ N(0,1)/sqrt(d); scaled: those times init_scale."""
     init_scale: float = 0.5
     """Multiplier of every weight when init=scaled (logits shrink by its cube)."""
     symmetric_init: bool = True
@@ -179,7 +179,8 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         unknown = set(d) - set(_GROUPS)
         if unknown:
-            raise ConfigError(f"unknown config groups {sorted(unknown)}; valid: {', '.join(_GROUPS)}")
+            raise ConfigError(f"unknown config groups {sorted(unknown)}; "
+                              f"valid: {', '.join(_GROUPS)}")
         built = {}
         for group, values in d.items():
             names = {f.name for f in dataclasses.fields(_GROUPS[group])}

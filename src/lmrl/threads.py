@@ -13,6 +13,6 @@ WORKLOAD_THREADS = {"toy": 1}
 
 def configure_threads(requested: int, workload: str) -> int:
     """Set torch's intra-op threads: `requested` if > 0, else the workload's measured choice."""
-    threads = requested if requested > 0 else WORKLOAD_THREADS.get(workload, torch.get_num_threads())
+    threads = requested or WORKLOAD_THREADS.get(workload, torch.get_num_threads())
     torch.set_num_threads(threads)
     return threads

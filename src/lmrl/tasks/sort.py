@@ -49,7 +49,7 @@ def adjacency(responses: Tensor) -> Tensor:
 
 
 def inclusion(prompts: Tensor, responses: Tensor) -> Tensor:
-    """Prompt positions whose token appears somewhere in the response. (B, n), (B, G, n) -> (B, G)."""
+    """Prompt positions whose token is anywhere in the response. (B, n), (B, G, n) -> (B, G)."""
     present = (prompts[:, None, :, None] == responses[:, :, None, :]).any(dim=-1)  # (B, G, n)
     return present.sum(dim=-1).float()
 
@@ -135,7 +135,8 @@ class SortTask:
             every = enumerate_prompts(self.n, self.V, self.repeats)
             self.heldout = every[~torch.isin(encode(every, self.V), encode(self.train, self.V))]
         else:
-            self.train, self.heldout = self._split(enumerate_prompts(self.n, self.V, self.repeats), g)
+            every = enumerate_prompts(self.n, self.V, self.repeats)
+            self.train, self.heldout = self._split(every, g)
 
     def _unique_random(self, count: int, g: torch.Generator) -> Tensor:
         total = self.V**self.n if self.repeats else math.perm(self.V, self.n)
