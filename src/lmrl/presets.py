@@ -24,7 +24,12 @@ def t1() -> Config:
 
 def t3() -> Config:
     """Target T3: n=8, V=20, random prompts."""
-    return Config(task=TaskConfig(n=8, V=20))
+    return Config(task=TaskConfig(n=8, V=20), train=TrainConfig(steps=6000))
 
 
-PRESETS = {"default": Config, "lecture": lecture, "t1": t1, "t3": t3}
+def linear() -> Config:
+    """Target T4: the lecture-faithful linear model (no hidden layer) on the default task."""
+    return Config(policy=PolicyConfig(hidden=0, dim=64))
+
+
+PRESETS = {"default": Config, "lecture": lecture, "t1": t1, "t3": t3, "linear": linear}
