@@ -49,7 +49,7 @@ def test_run_directory_records_everything(tmp_path):
     assert [r["step"] for r in rows if "eval/exact_match" in r] == [0, 5, 10, 12]
     saved = json.loads((run / "summary.json").read_text())
     assert saved["steps"] == 12 and saved["eval/exact_match"] == summary["eval/exact_match"]
-    assert {"eval/reward", "wall_seconds", "eval/pass_at_8"} <= set(saved)
+    assert {"eval/reward", "wall_seconds", "eval/pass_at_16"} <= set(saved)
 
 
 def test_existing_run_dir_is_refused_without_overwrite(tmp_path):

@@ -113,9 +113,9 @@ class AlgoConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    B: int = 64
+    B: int = 32
     """Prompts per step."""
-    G: int = 8
+    G: int = 16
     """Samples per prompt (the group)."""
     lr: float = 3e-3
     """Peak learning rate (Adam)."""
