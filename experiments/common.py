@@ -5,6 +5,7 @@ Each row is self-contained: the label, the seed, the exact config changes, the f
 metrics and the evaluation curve, so plots and tables are made from the JSONL alone.
 """
 
+import argparse
 import json
 import multiprocessing
 import statistics
@@ -17,8 +18,9 @@ RUNS = RESULTS / "runs"
 
 # Every setting the training experiments depend on, so that a re-tuned library default changes
 # nothing here. Each script overrides what its question varies. The linear toy model (hidden=0,
-# the lecture's model) is used because the default hidden-layer model collapses to a deterministic
-# policy within ~200 steps at these sizes, which leaves too little to compare.
+# the lecture's model) is used: in exploratory runs the hidden=256 model turned deterministic
+# within a few hundred steps at lower held-out exact match, which leaves little to compare (check
+# with --set policy.hidden=256; README.md has the numbers).
 BASE = {
     "task": {"task": "sort", "n": 5, "V": 8, "repeats": True, "prompts": "random",
              "heldout_size": 2000, "split_seed": 0, "reward": "positional"},
@@ -35,10 +37,11 @@ BASE = {
             "resume": False},
 }
 
-# Per-step training metrics kept in each row's curve (eval/* keys are kept at every evaluation).
-TRAIN_KEYS = ("train/reward_mean", "train/exact_match", "train/flat_group_frac",
-              "policy/entropy", "policy/grad_norm", "loss/clip_frac_high", "loss/clip_frac_low",
-              "loss/ratio_max", "loss/approx_kl_old", "loss/kl_ref")
+# Per-step training metrics kept in each row's curve by default (a script may ask for fewer);
+# eval/* keys are kept at every evaluation. At most MAX_POINTS steps of each are kept (evenly
+# spaced) and values are rounded to 4 significant digits, to keep the JSONL small.
+TRAIN_KEYS = ("train/reward_mean", "train/flat_group_frac", "policy/entropy")
+MAX_POINTS = 500
 
 
 def merge(*changes: dict) -> dict:
@@ -64,23 +67,26 @@ def unset_fields(changes: dict) -> list[str]:
             if f.name not in skip and f.name not in changes.get(g.name, {})]
 
 
-def run_one(job: tuple[str, str, int, dict]) -> dict:
+def run_one(job: tuple[str, str, int, dict, tuple[str, ...]]) -> dict:
     """Train one config (in a worker process) and return its JSONL row."""
     from lmrl.config import Config
     from lmrl.logging import read_metrics
     from lmrl.trainer import train
 
-    experiment, label, seed, changes = job
+    experiment, label, seed, changes, train_keys = job
     run_dir = RUNS / experiment / f"{label}_seed{seed}"
     changes = merge(changes, {"train": {"seed": seed, "threads": 1},
                               "log": {"run_dir": str(run_dir), "overwrite": True,
                                       "progress": False}})
     summary = train(Config().replace(**changes), verbose=False)
     rows = read_metrics(run_dir)
+    every = max(1, len(rows) // MAX_POINTS)
     curve: dict[str, list] = {}
     for r in rows:
         for key, value in r.items():
-            if key.startswith("eval/") or key in TRAIN_KEYS:
+            keep = key.startswith("eval/") or (key in train_keys and r["step"] % every == 0)
+            if keep:
+                value = None if value is None else float(f"{value:.4g}")
                 curve.setdefault(key, []).append([r["step"], value])
     final = {k: v for k, v in summary.items() if k.startswith("eval/")}
     return {"experiment": experiment, "label": label, "seed": seed, "config": changes,
@@ -88,19 +94,65 @@ def run_one(job: tuple[str, str, int, dict]) -> dict:
             "curve": curve}
 
 
-def run_grid(experiment: str, settings: dict[str, dict], seeds: list[int],
-             workers: int = 2) -> list[dict]:
-    """Train every (label, changes) in settings for every seed; rows in the order given."""
-    jobs = [(experiment, label, seed, changes) for label, changes in settings.items()
-            for seed in seeds]
-    missing = sorted({f for _, _, _, c in jobs for f in unset_fields(c)})
+def add_args(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The flags every training experiment shares."""
+    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("3"),
+                        help="number of seeds (3 -> 0,1,2) or a comma list (default 3)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"default {steps}")
+    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    parser.add_argument("--set", action="append", default=[], metavar="GROUP.FIELD=VALUE",
+                        help="override a config field in every run, e.g. policy.hidden=256 "
+                             "(results then go to results/<name>_<tag>.*)")
+    parser.add_argument("--tag", default=None, help="suffix of the output files (default: "
+                        "'custom' when --set is given)")
+
+
+def overrides(specs: list[str]) -> dict:
+    """["policy.hidden=256"] -> {"policy": {"hidden": 256}}, typed like the field's default."""
+    from lmrl.config import Config
+    from lmrl.sweep import parse_value
+
+    out: dict[str, dict] = {}
+    for spec in specs:
+        key, _, text = spec.partition("=")
+        group, _, name = key.partition(".")
+        if not text or not name:
+            raise SystemExit(f"--set {spec!r} must look like group.field=value")
+        out.setdefault(group, {})[name] = parse_value(Config(), name, text)
+    return out
+
+
+def output_name(name: str, args: argparse.Namespace) -> str:
+    tag = args.tag if args.tag is not None else ("custom" if args.set else "")
+    return f"{name}_{tag}" if tag else name
+
+
+def run_grid(experiment: str, settings: dict[str, dict], args: argparse.Namespace,
+             train_keys: tuple[str, ...] = TRAIN_KEYS) -> list[dict]:
+    """Train every (label, changes) in settings for every seed, with the --set overrides applied
+    last; rows in the order given."""
+    extra = overrides(args.set)
+    jobs = [(experiment, label, seed, merge(changes, extra), train_keys)
+            for label, changes in settings.items() for seed in args.seeds]
+    missing = sorted({f for job in jobs for f in unset_fields(job[3])})
     if missing:
         print(f"note: left at the library default: {', '.join(missing)}")
     # spawn, not fork: a forked child inherits torch's thread pool state from the parent.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
         rows = list(pool.map(run_one, jobs))
     return rows
+
+
+def describe(row: dict) -> str:
+    """One line with the settings of a run (the first row's, for a table header)."""
+    c = row["config"]
+    t, p, a, tr = c["task"], c["policy"], c["algo"], c["train"]
+    return (f"sort n={t['n']} V={t['V']} reward={t['reward']}; toy policy dim={p['dim']} "
+            f"hidden={p['hidden']}; delta={a['delta']} loss={a['loss']} (ε={a['clip_eps']}, "
+            f"{a['ratio_level']} ratio) μ={a['mu']} kl_weight={a['kl_weight']}; B={tr['B']} "
+            f"G={tr['G']} lr={tr['lr']} ({tr['schedule']}) grad_clip={tr['grad_clip']} "
+            f"steps={tr['steps']}")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -122,6 +174,12 @@ def by_label(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def mean_std(values: list[float]) -> str:
+    """'mean ± std' over seeds; values that are nan (e.g. 'never reached') are counted apart."""
+    values = [float(v) for v in values]
+    finite = [v for v in values if v == v]
+    if len(finite) < len(values):
+        head = mean_std(finite) if finite else "-"
+        return f"{head} ({len(values) - len(finite)}/{len(values)} never)"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -161,17 +219,21 @@ def last(row: dict, key: str) -> float:
     return values[-1] if values else float("nan")
 
 
+# Distinct line styles, so settings whose curves coincide (centered and rloo) stay visible.
+STYLES = ("-", "--", "-.", ":", (0, (1, 3)))
+
+
 def plot_mean_curves(ax, rows: list[dict], key: str, smooth: int = 1) -> None:
     """Per label: the mean over seeds as a line, each seed as a thin line."""
     for i, (label, group) in enumerate(by_label(rows).items()):
-        color = f"C{i}"
+        color, style = f"C{i}", STYLES[i % len(STYLES)]
         series = [curve(r, key) for r in group]
         for steps, values in series:
             ax.plot(steps, moving_average(values, smooth), color=color, alpha=0.25, lw=0.8)
         steps = series[0][0]
         if all(s == steps for s, _ in series):
             mean = [statistics.mean(vs) for vs in zip(*(v for _, v in series), strict=True)]
-            ax.plot(steps, moving_average(mean, smooth), color=color, lw=2, label=label)
+            ax.plot(steps, moving_average(mean, smooth), color=color, ls=style, lw=2, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(key)
 

@@ -1,10 +1,11 @@
 """How does the choice of Δ (raw, centered, normalized, max_only, rloo) change what is learned?
 
 Same policy, positional reward, clipped loss with μ=1; only the delta function differs. The judge
-is greedy exact match on held-out prompts; the held-out positional reward and the sampled training
-reward are shown too.
+is greedy exact match on held-out prompts; the held-out training reward (greedy) and the sampled
+training reward are shown too. --reward picks another training reward (results then go to
+results/deltas_<reward>.*).
 
-    .venv/bin/python experiments/deltas.py [--seeds 3] [--steps 1500]
+    .venv/bin/python experiments/deltas.py [--seeds 3] [--steps 1500] [--reward positional]
 """
 
 import argparse
@@ -14,12 +15,14 @@ import time
 from common import (
     BASE,
     RESULTS,
+    add_args,
     curve,
+    describe,
     last,
     merge,
+    output_name,
     plot_mean_curves,
     run_grid,
-    seeds_arg,
     summary_table,
     write_jsonl,
 )
@@ -28,13 +31,15 @@ NAME = "deltas"
 DELTA_NAMES = ["raw", "centered", "normalized", "max_only", "rloo"]
 
 
-def settings(steps: int) -> dict[str, dict]:
-    return {d: merge(BASE, {"task": {"reward": "positional"}, "algo": {"delta": d},
+def settings(steps: int, reward: str) -> dict[str, dict]:
+    return {d: merge(BASE, {"task": {"reward": reward}, "algo": {"delta": d},
                             "train": {"steps": steps}}) for d in DELTA_NAMES}
 
 
 def tail_mean(row: dict, key: str, k: int = 100) -> float:
-    return statistics.mean(curve(row, key)[1][-k:])
+    """Mean of key over the last k training steps."""
+    steps, values = curve(row, key)
+    return statistics.mean(v for s, v in zip(steps, values, strict=True) if s > steps[-1] - k)
 
 
 def first_step(row: dict, key: str, threshold: float) -> float:
@@ -53,7 +58,7 @@ def plot(rows: list[dict], out) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     panels = [("eval/exact_match", 1, "held-out greedy exact match (the judge)"),
-              ("eval/reward", 1, "held-out greedy positional reward (max n)"),
+              ("eval/reward", 1, "held-out greedy training reward"),
               ("train/reward_mean", 25, "sampled training reward (moving average of 25 steps)"),
               ("policy/entropy", 25, "policy entropy per position (nats)")]
     for ax, (key, smooth, title) in zip(axes.flat, panels, strict=True):
@@ -67,22 +72,21 @@ def plot(rows: list[dict], out) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("3"),
-                        help="number of seeds (3 -> 0,1,2) or a comma list")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--workers", type=int, default=2)
+    add_args(parser, steps=1500)
+    parser.add_argument("--reward", default="positional",
+                        help="training reward (the seed's question uses positional)")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = run_grid(NAME, settings(args.steps), args.seeds, args.workers)
-    path = RESULTS / f"{NAME}.jsonl"
+    name = output_name(NAME if args.reward == "positional" else f"{NAME}_{args.reward}", args)
+    rows = run_grid(name, settings(args.steps, args.reward), args)
+    path = RESULTS / f"{name}.jsonl"
     write_jsonl(path, rows)
-    plot(rows, RESULTS / f"{NAME}.png")
+    plot(rows, path.with_suffix(".png"))
 
-    print(f"positional reward, n={BASE['task']['n']}, V={BASE['task']['V']}, {args.steps} steps, "
-          f"seeds {args.seeds}\n")
+    print(f"first run: {describe(rows[0])}\nvaried: algo.delta; seeds {args.seeds}\n")
     print(summary_table(rows, {
         "held-out exact match": lambda r: r["final"]["eval/exact_match"],
-        "held-out positional": lambda r: r["final"]["eval/reward"],
+        "held-out reward": lambda r: r["final"]["eval/reward"],
         "train reward (last 100)": lambda r: tail_mean(r, "train/reward_mean"),
         "first step held-out EM ≥ 0.3": lambda r: first_step(r, "eval/exact_match", 0.3),
         "final entropy": lambda r: last(r, "policy/entropy"),

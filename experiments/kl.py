@@ -16,12 +16,14 @@ import time
 from common import (
     BASE,
     RESULTS,
+    add_args,
     curve,
+    describe,
     last,
     merge,
+    output_name,
     plot_mean_curves,
     run_grid,
-    seeds_arg,
     summary_table,
     write_jsonl,
 )
@@ -76,19 +78,18 @@ def plot(rows: list[dict], out) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("3"),
-                        help="number of seeds (3 -> 0,1,2) or a comma list")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=2)
+    add_args(parser, steps=2000)
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = run_grid(NAME, settings(args.steps), args.seeds, args.workers)
-    path = RESULTS / f"{NAME}.jsonl"
+    name = output_name(NAME, args)
+    rows = run_grid(name, settings(args.steps), args,
+                    train_keys=("policy/entropy", "loss/kl_ref"))
+    path = RESULTS / f"{name}.jsonl"
     write_jsonl(path, rows)
-    plot(rows, RESULTS / f"{NAME}.png")
+    plot(rows, path.with_suffix(".png"))
 
-    print(f"positional reward, n={BASE['task']['n']}, V={BASE['task']['V']}, {args.steps} steps, "
-          f"seeds {args.seeds}\n")
+    print(f"first run: {describe(rows[0])}\nvaried: algo.kl_weight (k3 estimator), "
+          f"algo.ref_refresh; seeds {args.seeds}\n")
     print(summary_table(rows, {
         "final held-out EM": lambda r: r["final"]["eval/exact_match"],
         "peak held-out EM": lambda r: max(curve(r, "eval/exact_match")[1]),

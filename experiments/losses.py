@@ -18,12 +18,14 @@ import time
 from common import (
     BASE,
     RESULTS,
+    add_args,
     curve,
+    describe,
     last,
     merge,
+    output_name,
     plot_mean_curves,
     run_grid,
-    seeds_arg,
     summary_table,
     write_jsonl,
 )
@@ -77,8 +79,8 @@ def plot(rows: list[dict], out) -> None:
         ax_row[0].set_title(f"lr={lr:g}: held-out greedy exact match")
         ax_row[0].legend(fontsize=8)
         plot_mean_curves(ax_row[1], block, "clip_frac", smooth=10)
-        ax_row[1].set_title(f"lr={lr:g}: clipped-token fraction (low + high), 10-step average")
-        ax_row[1].set_ylabel("fraction of tokens where clipping zeroes the gradient")
+        ax_row[1].set_title(f"lr={lr:g}: clip fraction (low + high), 10-step average")
+        ax_row[1].set_ylabel("tokens with r outside [1-ε, 1+ε] on the clipped side")
         plot_mean_curves(ax_row[2], block, "loss/approx_kl_old", smooth=10)
         ax_row[2].set_yscale("symlog", linthresh=1e-4)
         ax_row[2].set_title(f"lr={lr:g}: approx KL(π_old || π) after μ steps, 10-step average")
@@ -91,22 +93,22 @@ def plot(rows: list[dict], out) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("3"),
-                        help="number of seeds (3 -> 0,1,2) or a comma list")
-    parser.add_argument("--steps", type=int, default=600)
+    add_args(parser, steps=600)
     parser.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")],
                         default=[3e-3, 1e-2])
     parser.add_argument("--mu", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = run_grid(NAME, settings(args.steps, args.lrs, args.mu), args.seeds, args.workers)
-    path = RESULTS / f"{NAME}.jsonl"
+    name = output_name(NAME, args)
+    rows = run_grid(name, settings(args.steps, args.lrs, args.mu), args,
+                    train_keys=("policy/entropy", "loss/clip_frac_low", "loss/clip_frac_high",
+                                "loss/approx_kl_old", "loss/ratio_max"))
+    path = RESULTS / f"{name}.jsonl"
     write_jsonl(path, rows)
-    plot(rows, RESULTS / f"{NAME}.png")
+    plot(rows, path.with_suffix(".png"))
 
-    print(f"positional reward, centered deltas, ε=0.2, token ratios, grad clip 1.0, "
-          f"{args.steps} steps, seeds {args.seeds}\n")
+    print(f"first run: {describe(rows[0])}\nvaried: train.lr, algo.mu, algo.loss; seeds "
+          f"{args.seeds}\n")
     print(summary_table(rows, {
         "final held-out EM": lambda r: r["final"]["eval/exact_match"],
         "peak held-out EM": lambda r: peak(r, "eval/exact_match"),

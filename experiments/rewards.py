@@ -17,12 +17,14 @@ import torch
 from common import (
     BASE,
     RESULTS,
+    add_args,
     by_label,
     curve,
+    describe,
     merge,
+    output_name,
     plot_mean_curves,
     run_grid,
-    seeds_arg,
     summary_table,
     write_jsonl,
 )
@@ -83,6 +85,13 @@ def hack_analysis(row: dict, max_examples: int = 5) -> dict:
     }
 
 
+def flat_early(row: dict, until: int = 200) -> float:
+    """Fraction of training groups whose G rewards were all equal (no signal under a group
+    baseline), averaged over the first `until` steps."""
+    values = [v for s, v in zip(*curve(row, "train/flat_group_frac"), strict=True) if s <= until]
+    return sum(values) / len(values)
+
+
 def plot(rows: list[dict], out) -> None:
     import matplotlib
 
@@ -119,27 +128,26 @@ def plot(rows: list[dict], out) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("3"),
-                        help="number of seeds (3 -> 0,1,2) or a comma list")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--workers", type=int, default=2)
+    add_args(parser, steps=1500)
     args = parser.parse_args()
     t0 = time.perf_counter()
-    rows = run_grid(NAME, settings(args.steps), args.seeds, args.workers)
+    name = output_name(NAME, args)
+    rows = run_grid(name, settings(args.steps), args)
     for row in rows:
         row["hack"] = hack_analysis(row)
-    path = RESULTS / f"{NAME}.jsonl"
+    path = RESULTS / f"{name}.jsonl"
     write_jsonl(path, rows)
-    plot(rows, RESULTS / f"{NAME}.png")
+    plot(rows, path.with_suffix(".png"))
 
-    n = BASE["task"]["n"]
-    print(f"n={n}, V={BASE['task']['V']}, {args.steps} steps, seeds {args.seeds}; judge = greedy "
-          "exact match on 2000 held-out prompts\n")
+    n = rows[0]["config"]["task"]["n"]
+    print(f"first run: {describe(rows[0])}\nvaried: task.reward; seeds {args.seeds}; judge = "
+          f"greedy exact match on {rows[0]['hack']['heldout']} held-out prompts\n")
     print(summary_table(rows, {
         "held-out exact match": lambda r: r["final"]["eval/exact_match"],
         "held-out positional": lambda r: r["final"]["eval/reward_positional"],
         f"held-out incl_adj (max {2 * n - 1})": lambda r: r["final"][
             "eval/reward_inclusion_adjacency"],
+        "flat groups (steps 1-200)": flat_early,
         "incl_adj max": lambda r: r["hack"]["ia_max_frac"],
         "incl_adj max but wrong": lambda r: r["hack"]["hacked_frac"],
         "multiset max but wrong": lambda r: r["hack"]["multiset_max_but_wrong_frac"],

@@ -5,8 +5,9 @@ The seed's two-state example: states S1, S2 (uniform), actions A1, A2, rewards
 and a softmax policy π(a|s) = softmax(θ[s])_a with a 2x2 logit table θ. For many single-sample
 estimates g = Δ · ∇θ log π(A|S) we compare Δ = R (naive) with Δ = R - B(S) for the seed's
 B(S1)=10, B(S2)=1, the value baseline B(S) = V_π(S) = E[R|S], the variance-minimising state
-baseline b*(S), and a deliberately bad (swapped) B(S1)=1, B(S2)=10. The exact gradient ∇J and the exact variances come from enumerating the four
-(S, A) pairs; the Monte-Carlo means must match ∇J within their standard errors.
+baseline b*(S), and a deliberately bad (swapped) B(S1)=1, B(S2)=10. The exact gradient ∇J and
+the exact variances come from enumerating the four (S, A) pairs; the Monte-Carlo means must match
+∇J within their standard errors.
 
     .venv/bin/python experiments/two_state.py [--samples 100000] [--seed 0]
 """
@@ -183,8 +184,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fmt = lambda v: "(" + ", ".join(f"{x:+.3f}" for x in v) + ")"  # noqa: E731
-        print(f"| {r['policy']} | {r['estimator']} | {r['baseline'][0]:.2f}, {r['baseline'][1]:.2f} | "
-              f"{fmt(r['exact_grad'])} | "
+        b1, b2 = r["baseline"]
+        print(f"| {r['policy']} | {r['estimator']} | {b1:.2f}, {b2:.2f} | {fmt(r['exact_grad'])} | "
               f"{fmt(r['mc_mean'])} | {r['max_abs_z']:.2f} | {r['var_total_mc']:.3f} | "
               f"{r['var_total_exact']:.3f} | {r['variance_reduction']:.1f}x | "
               f"{r['wrong_direction_frac']:.3f} |")

@@ -85,6 +85,9 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
                   ) -> tuple[list[Tensor], dict[str, float]]:
     """One optimizer step over all micro-batches (gradient accumulation).
 
+    The returned loss/* diagnostics are those of this pass; the step reports the last of the μ
+    passes, the one furthest from π_old (on the first, r = 1 exactly).
+
     On the first call logp_old is None: the parameters are still θ_old, so each micro-batch's
     detached log-probs *are* log π_old and are stored for the later μ-1 calls.
     """

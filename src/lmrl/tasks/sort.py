@@ -13,7 +13,9 @@ Rewards (pure, deterministic, vectorised):
   0 1 2 3 -> 4 + 3 = 7 (the maximum, 2n-1); response 0 0 0 0 -> 1 + 3 = 4.
   Repeated tokens: presence is a yes/no per prompt token, so a response that gets the *set* right
   but the multiplicities wrong scores the maximum: prompt 2 0 2, response 0 0 2 -> 3 + 2 = 5,
-  though it is not sorted. This is the seed's loophole, shown in experiments/rewards.py.
+  though it is not sorted. Extra values are never penalised either, and that is the form a trained
+  policy actually finds: prompt 6 7 7 6 0 -> 0 2 5 6 7 scores the maximum 9 (the 2 and 5 are not
+  in the prompt). experiments/rewards.py measures it: ~45% of held-out answers maximal but wrong.
 - inclusion_adjacency_multiset: the same with inclusion = Σ_v min(#v in prompt, #v in response);
   its maximum is reached only by the sorted answer, which closes that loophole.
 """
@@ -141,8 +143,9 @@ class SortTask:
     def _unique_random(self, count: int, g: torch.Generator) -> Tensor:
         total = self.V**self.n if self.repeats else math.perm(self.V, self.n)
         if count > total // 2:
-            raise ValueError(f"heldout_size={count} is over half of all {total} prompts; "
-                             "use prompts='all' with train_frac")
+            raise ValueError(f"heldout_size={count} is over half of all {total} prompts for "
+                             f"n={self.n}, V={self.V}; lower heldout_size or use prompts='all' "
+                             "with train_frac")
         chosen = random_prompts(2 * count + 64, self.n, self.V, self.repeats, g)
         _, first = _unique_rows(encode(chosen, self.V))
         while first.numel() < count:  # only for tiny prompt spaces
