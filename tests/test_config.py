@@ -84,7 +84,7 @@ def test_n_greater_than_v_without_repeats():
     msg = raises("without repeats", task={"n": 6, "V": 5, "repeats": False})
     assert "lower n, raise V or set repeats" in msg
     assert build(task={"n": 6, "V": 5, "repeats": True}).task.n == 6
-    assert build(task={"n": 5, "V": 5, "repeats": False}).task.n == 5
+    assert build(task={"n": 5, "V": 5, "repeats": False, "heldout_size": 50}).task.n == 5
 
 
 @pytest.mark.parametrize("algo", [
@@ -255,3 +255,11 @@ def test_cli_top_level_help_exits_0(capsys):
     err = capsys.readouterr().err
     assert "lmrl {train,sweep,plot}" in err
     assert "default|lecture|t1|t3" in err
+
+
+def test_heldout_size_too_large_for_the_prompt_space():
+    from lmrl.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="heldout_size=2000 must be in 1..648"):
+        Config().replace(task={"n": 4, "V": 6})
+    Config().replace(task={"n": 4, "V": 6, "heldout_size": 600})

@@ -6,6 +6,7 @@ message that names the field and the fix.
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from lmrl.deltas import DELTAS, GROUP_BASELINE
@@ -223,6 +224,10 @@ def validate(cfg: Config) -> None:
     if not t.repeats and t.n > t.V:
         raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
                           "numbers; lower n, raise V or set repeats")
+    total = t.V**t.n if t.repeats else math.perm(t.V, t.n)
+    if t.prompts == "random" and not 0 < t.heldout_size <= total // 2:
+        raise ConfigError(f"task.heldout_size={t.heldout_size} must be in 1..{total // 2} (half of "
+                          f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
     if t.prompts == "lecture" and (t.n, t.V) != (3, 5):
         raise ConfigError("task.prompts=lecture is the lecture's n=3, V=5 set; set n=3 and V=5")
     if not 0.0 < t.train_frac < 1.0:
