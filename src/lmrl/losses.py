@@ -107,6 +107,13 @@ def ratio_diagnostics(
 # expectation under P is (k1, k3) or approximates (k2) KL(P || Q) = E_P[log P/Q].
 # The seed writes k3 as "E_Q[Q/P - log(Q/P) - 1]"; the expectation is over the sampling policy P
 # (the Q/P weighting is what makes it unbiased under P), which is what is implemented and tested.
+#
+# As a *loss*, differentiated only through the sampled tokens' log P (the samples are fixed), the
+# estimators pull differently (tests/test_losses.py computes the exact expectations):
+#   k1: E_P[∇ log P] = 0 — no pull at all in expectation;
+#   k2: ∇ KL(P ‖ Q), the reverse KL, an entropy-like pull towards a near-uniform Q;
+#   k3: ∇ KL(Q ‖ P), the forward KL, which lifts every token Q likes (label-smoothing-like).
+# k3 is the default (the seed's); the linear toy model needs k2 (presets.linear, T4).
 
 def kl_k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
     """k1 = log P/Q: unbiased, high variance, can be negative per sample."""
