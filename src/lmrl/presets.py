@@ -34,11 +34,12 @@ def linear() -> Config:
     (init_scale 0.3) that the KL term holds on to, the k2 estimator (its gradient through the
     sampled log-probs is that of KL(π‖π_ref), an entropy-like pull; k3's is that of KL(π_ref‖π),
     which fights the wide logit range the linear solution needs), centered deltas (normalized
-    ones inflate late updates as group std shrinks) and a long cosine schedule."""
+    ones inflate late updates as group std shrinks), larger groups (G=32 finds the rare values a
+    position must output) and a long cosine schedule."""
     return Config(
         policy=PolicyConfig(hidden=0, dim=64, init_scale=0.3),
         algo=AlgoConfig(delta="centered", kl_weight=0.3, kl_estimator="k2"),
-        train=TrainConfig(steps=30000),
+        train=TrainConfig(B=16, G=32, lr=5e-3, steps=30000),
         log=LogConfig(eval_every=2000),
     )
 
