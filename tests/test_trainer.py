@@ -109,3 +109,10 @@ def test_cli_lecture_preset_reports_training_prompts(tmp_path):
     config = json.loads((tmp_path / "lec" / "config.json").read_text())
     assert config["policy"]["init"] == "lecture" and config["algo"]["mu"] == 10
     assert "eval/train_exact_match" in json.loads((tmp_path / "lec" / "summary.json").read_text())
+
+
+def test_cli_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    done = run_cli("train", "--run-dir", "missing", "--resume", "--steps", "2", "--no-progress",
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert "checkpoint.pt does not exist" in done.stderr and "Traceback" not in done.stderr

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileExistsError) as err:
+    except (ConfigError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

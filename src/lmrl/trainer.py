@@ -61,6 +61,9 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
 
 def resume(state: TrainState, run_dir: Path) -> None:
     """Restore the state and drop metric rows logged after the checkpoint."""
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"--resume: {run_dir / 'checkpoint.pt'} does not exist; start the "
+                                "run without --resume or point --run-dir at an earlier run")
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     state.load_state_dict(ckpt["state"])
     rows = [r for r in read_metrics(run_dir) if r["step"] <= state.step]
