@@ -102,7 +102,8 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
         logger.log(state.step, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
-                        heldout_em=f"{last_eval.get('eval/exact_match', float('nan')):.3f}")
+                        heldout_em=f"{last_eval.get('eval/exact_match', float('nan')):.3f}",
+                        refresh=False)  # redraw at tqdm's own interval, not every step
         if cfg.log.save_every and state.step % cfg.log.save_every == 0:
             save_checkpoint(state, cfg, run_dir)
         if out_of_time:
@@ -130,7 +131,8 @@ def finish(state: TrainState, task: SortTask, cfg: Config, run_dir: Path, wall: 
 
 
 def format_summary(summary: dict, run_dir: Path) -> str:
-    keys = [k for k in summary if k.startswith("eval/")] + ["steps", "wall_seconds"]
+    keys = ["eval/exact_match"] + sorted(k for k in summary if k.startswith("eval/")
+                                         and k != "eval/exact_match") + ["steps", "wall_seconds"]
     width = max(len(k) for k in keys)
     lines = ["", "summary"] + [
         f"  {k:<{width}}  {summary[k]:.4f}" if isinstance(summary[k], float)
