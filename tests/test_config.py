@@ -263,3 +263,26 @@ def test_heldout_size_too_large_for_the_prompt_space():
     with pytest.raises(ConfigError, match="heldout_size=2000 must be in 1..648"):
         Config().replace(task={"n": 4, "V": 6})
     Config().replace(task={"n": 4, "V": 6, "heldout_size": 600})
+
+
+@pytest.mark.parametrize("groups, name", [
+    ({"algo": {"loss": "naive", "clip_eps": 0.3}}, "algo.clip_eps"),
+    ({"algo": {"loss": "naive", "ratio_level": "sequence"}}, "algo.ratio_level"),
+    ({"algo": {"delta": "centered", "norm_eps": 1e-3}}, "algo.norm_eps"),
+    ({"policy": {"init": "lecture", "init_scale": 0.3}}, "policy.init_scale"),
+    ({"task": {"prompts": "random", "train_frac": 0.8}}, "task.train_frac"),
+    ({"task": {"n": 3, "V": 5, "prompts": "all", "heldout_size": 10}}, "task.heldout_size"),
+    ({"train": {"schedule": "constant", "min_lr_frac": 0.5}}, "train.min_lr_frac"),
+])
+def test_settings_that_would_be_silently_ignored_are_rejected(groups, name):
+    from lmrl.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=f"{name}=.* has no effect here"):
+        Config().replace(**groups)
+
+
+def test_resume_with_overwrite_is_contradictory():
+    from lmrl.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="resume and log.overwrite"):
+        Config().replace(log={"resume": True, "overwrite": True})

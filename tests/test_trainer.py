@@ -116,3 +116,28 @@ def test_cli_resume_without_checkpoint_is_a_clear_error(tmp_path):
                    cwd=tmp_path)
     assert done.returncode == 2
     assert "checkpoint.pt does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resume_refuses_a_changed_algorithm(tmp_path):
+    from lmrl.config import ConfigError
+
+    cfg = quick(tmp_path, "strict", train={"steps": 3})
+    train(cfg, verbose=False)
+    with pytest.raises(ConfigError, match="algo.delta: 'normalized' -> 'raw'"):
+        train(cfg.replace(algo={"delta": "raw"}, log={"resume": True}), verbose=False)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(FileNotFoundError):
+        train(quick(tmp_path, "never", log={"resume": True}), verbose=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_sweep_grid_reaches_log_fields_and_optional_floats(tmp_path):
+    from lmrl.sweep import parse_grid
+
+    base = quick(tmp_path, "unused", train={"steps": 4})
+    grid = parse_grid(base, ["eval_every=2,4", "clip_eps_low=0.1,none"])
+    assert grid == {"eval_every": [2, 4], "clip_eps_low": [0.1, None]}
+    results = run_sweep(base, {"eval_every": [2, 4]}, [0], tmp_path / "sw")
+    evals = [[r["step"] for r in read_metrics(res["run_dir"]) if "eval/exact_match" in r]
+             for res in results]
+    assert evals == [[0, 2, 4], [0, 4]]

@@ -6,13 +6,12 @@ message that names the field and the fix.
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
 from lmrl.deltas import DELTAS, GROUP_BASELINE
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
 from lmrl.policies.toy import INITS
-from lmrl.tasks.sort import PROMPT_SETS, REWARDS
+from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
 
 TASKS = ("sort",)
 MODELS = ("toy",)
@@ -66,7 +65,7 @@ class PolicyConfig:
     init: str = "scaled"
     """Initialisation. lecture: E ~ N(0,1), W ~ N(0,1)/sqrt(d); scaled: those times init_scale."""
     init_scale: float = 0.5
-    """Multiplier of every weight when init=scaled (logits shrink by its cube)."""
+    """Multiplier of every weight when init=scaled (logits shrink by its 4th/5th power)."""
     symmetric_init: bool = True
     """Start all prompt positions' encode matrices equal (the policy starts order-invariant)."""
 
@@ -204,6 +203,32 @@ _GROUPS = {"task": TaskConfig, "policy": PolicyConfig, "algo": AlgoConfig,
            "train": TrainConfig, "log": LogConfig}
 
 
+def _reject_ignored(cfg: Config) -> None:
+    """A setting that the rest of the config makes irrelevant must stay at its default, so that no
+    flag is silently ignored (one setting decides one thing)."""
+    t, p, a, tr = cfg.task, cfg.policy, cfg.algo, cfg.train
+    rules = [
+        (a.loss != "clipped", "algo", ("clip_eps", "clip_eps_low", "clip_eps_high"),
+         "only loss=clipped clips"),
+        (a.loss == "naive", "algo", ("ratio_level",), "loss=naive has no importance ratio"),
+        (a.delta != "normalized", "algo", ("norm_eps",), "only delta=normalized divides by std"),
+        (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
+        (t.prompts != "all", "task", ("train_frac", "constants_in_train"),
+         "only prompts=all splits a prompt set"),
+        (t.prompts != "random", "task", ("heldout_size",),
+         "only prompts=random draws a held-out set"),
+        (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
+    ]
+    defaults = {"task": TaskConfig(), "policy": PolicyConfig(), "algo": AlgoConfig(),
+                "train": TrainConfig()}
+    for applies, group, names, why in rules:
+        for name in names if applies else ():
+            value, default = getattr(getattr(cfg, group), name), getattr(defaults[group], name)
+            if value != default:
+                raise ConfigError(f"{group}.{name}={value!r} has no effect here ({why}); "
+                                  f"drop it or change the setting that disables it")
+
+
 def validate(cfg: Config) -> None:
     t, p, a, tr, lg = cfg.task, cfg.policy, cfg.algo, cfg.train, cfg.log
     _choice("task", "task", t.task, TASKS)
@@ -224,7 +249,7 @@ def validate(cfg: Config) -> None:
     if not t.repeats and t.n > t.V:
         raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
                           "numbers; lower n, raise V or set repeats")
-    total = t.V**t.n if t.repeats else math.perm(t.V, t.n)
+    total = num_prompts(t.n, t.V, t.repeats)
     if t.prompts == "random" and not 0 < t.heldout_size <= total // 2:
         raise ConfigError(f"task.heldout_size={t.heldout_size} must be in 1..{total // 2} (half of "
                           f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
@@ -257,6 +282,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name}={value} must be >= 1")
     if tr.lr <= 0:
         raise ConfigError(f"train.lr={tr.lr} must be > 0")
+    if lg.resume and lg.overwrite:
+        raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
+    _reject_ignored(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
 

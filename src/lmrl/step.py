@@ -33,7 +33,7 @@ class Batch:
 
     prompts: Tensor  # (B, n)
     responses: Tensor  # (B, G, T)
-    mask: Tensor  # (B, G, T)
+    response_mask: Tensor  # (B, G, T)
     delta: Tensor  # (B, G)
     logp_ref: Tensor | None  # (B, G, T), only with a KL term
 
@@ -61,11 +61,12 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     t_sampled = time.perf_counter()
 
     # The loss is divided by the whole batch's count, whatever the micro-batch split.
-    denominator = loss_denominator(batch.mask, a.aggregation)
+    denominator = loss_denominator(batch.response_mask, a.aggregation)
     logp_old: list[Tensor] | None = None
     for _ in range(a.mu):
         logp_old, diag = policy_update(state, cfg, batch.split(tr.grad_accum), logp_old,
                                        denominator)
+    lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     state.scheduler.step()
     state.step += 1
     refreshed = state.reference.maybe_refresh(policy, state.step) if state.reference else False
@@ -73,7 +74,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     return {
         **reward_metrics(rewards, delta, task, prompts, rollout.responses),
         **diag,
-        "train/lr": state.optimizer.param_groups[0]["lr"],
+        "train/lr": lr,
         "train/ref_refreshed": float(refreshed),
         "time/sample_seconds": t_sampled - t0,
         "time/step_seconds": time.perf_counter() - t0,
@@ -95,20 +96,21 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
     state.optimizer.zero_grad(set_to_none=True)
     stored, parts = [], []
     for i, mb in enumerate(micro):
-        logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mb.mask, with_entropy=True)
+        mask = mb.response_mask
+        logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mask, with_entropy=True)
         old = logp.detach() if logp_old is None else logp_old[i]
         stored.append(old)
-        pg = LOSSES[a.loss](logp, old, mb.delta, mb.mask, ratio_level=a.ratio_level,
+        pg = LOSSES[a.loss](logp, old, mb.delta, mask, ratio_level=a.ratio_level,
                             clip_eps_low=a.eps_low, clip_eps_high=a.eps_high)
         loss_tok = pg
         kl = None
         if mb.logp_ref is not None:
             kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)
             loss_tok = pg + a.kl_weight * kl
-        loss = aggregate(loss_tok, mb.mask, a.aggregation, denominator)
+        loss = aggregate(loss_tok, mask, a.aggregation, denominator)
         loss.backward()
-        parts.append((mb.mask.sum().item(), micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy,
-                                                               loss)))
+        diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
+        parts.append((mask.sum().item(), diag))
     grad_norm = grad_clip(state, cfg.train.grad_clip)
     state.optimizer.step()
     diag = combine(parts)
@@ -121,15 +123,17 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
 def micro_diagnostics(cfg: Config, logp: Tensor, logp_old: Tensor, mb: Batch, pg: Tensor,
                       kl: Tensor | None, entropy: Tensor | None, loss: Tensor) -> dict[str, float]:
     a = cfg.algo
-    ratio = ratio_diagnostics(logp, logp_old, mb.delta, mb.mask, a.ratio_level, a.eps_low,
+    ratio = ratio_diagnostics(logp, logp_old, mb.delta, mb.response_mask, a.ratio_level, a.eps_low,
                               a.eps_high)
+    # clip_frac_* is reported for every loss: for naive/unclipped it says how often clipping
+    # *would* have removed the gradient (experiments/losses.py compares them).
     out = {f"loss/{k}": v for k, v in ratio.items()}
-    out["loss/pg"] = masked_mean(pg, mb.mask).item()
+    out["loss/pg"] = masked_mean(pg, mb.response_mask).item()
     out["loss/total"] = loss.item()
     if kl is not None:
-        out["loss/kl_ref"] = masked_mean(kl, mb.mask).item()
+        out["loss/kl_ref"] = masked_mean(kl, mb.response_mask).item()
     if entropy is not None:
-        out["policy/entropy"] = masked_mean(entropy, mb.mask).item()
+        out["policy/entropy"] = masked_mean(entropy, mb.response_mask).item()
     return out
 
 

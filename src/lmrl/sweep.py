@@ -18,14 +18,16 @@ def field_group(cfg: Config, name: str) -> str:
 
 
 def parse_value(cfg: Config, name: str, text: str):
-    """Convert a grid value to the type of the field's current value."""
-    current = getattr(getattr(cfg, field_group(cfg, name)), name)
-    if isinstance(current, bool):
-        return text.lower() in ("1", "true", "yes")
-    if text.lower() == "none":
+    """Convert a grid value to the field's declared type (`float | None` -> float or None)."""
+    group = getattr(cfg, field_group(cfg, name))
+    declared = next(f.type for f in dataclasses.fields(group) if f.name == name)
+    kinds = str(declared)
+    if text.lower() == "none" and "None" in kinds:
         return None
+    if "bool" in kinds:
+        return text.lower() in ("1", "true", "yes")
     for kind in (int, float):
-        if isinstance(current, kind):
+        if kind.__name__ in kinds:
             return kind(text)
     return text
 
@@ -59,8 +61,9 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], out_dir: st
             for n, v in setting.items():
                 changes.setdefault(field_group(base, n), {})[n] = v
             changes.setdefault("train", {})["seed"] = seed
-            changes["log"] = {"run_dir": str(out_dir / f"{label}_seed={seed}"), "overwrite": True,
-                              "progress": False}
+            changes.setdefault("log", {}).update(
+                {"run_dir": str(out_dir / f"{label}_seed={seed}"), "overwrite": True,
+                 "progress": False})
             summary = train_fn(base.replace(**changes), verbose=False)
             results.append({"label": label, "seed": seed, **setting, **summary})
             print(f"{label} seed={seed}: held-out exact match "

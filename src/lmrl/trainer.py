@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lmrl.config import Config, describe
+from lmrl.config import Config, ConfigError, describe
 from lmrl.logging import MetricsLogger, read_metrics
 from lmrl.plotting import plot_run
 from lmrl.state import TrainState, build_state
@@ -47,7 +47,10 @@ def prepare_run_dir(cfg: Config) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.log.overwrite or cfg.log.resume):
         raise FileExistsError(f"run directory {run_dir} is not empty; pass --overwrite to replace "
                               "it, --resume to continue it, or choose another --run-dir")
-    if run_dir.exists() and cfg.log.overwrite and not cfg.log.resume:
+    if cfg.log.resume and not (run_dir / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"--resume: {run_dir / 'checkpoint.pt'} does not exist; start the "
+                                "run without --resume or point --run-dir at an earlier run")
+    if run_dir.exists() and cfg.log.overwrite:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -59,12 +62,27 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
     tmp.replace(run_dir / "checkpoint.pt")  # atomic: a crash never leaves half a checkpoint
 
 
-def resume(state: TrainState, run_dir: Path) -> None:
+# What a resumed run may change: how long it runs and how it logs. Anything else would make the
+# run directory a record of a run that never happened.
+RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit")}
+
+
+def check_resumable(saved: dict, cfg: Config) -> None:
+    new = cfg.to_dict()
+    changed = [f"{g}.{k}: {v!r} -> {new[g][k]!r}" for g, fields in saved.items() if g != "log"
+               for k, v in fields.items() if new[g][k] != v and (g, k) not in RESUMABLE_CHANGES]
+    if changed:
+        raise ConfigError("--resume with a different config: " + "; ".join(changed) +
+                          ". Only train.steps, train.time_limit and log.* may change on resume.")
+    if new["train"]["steps"] != saved["train"]["steps"]:
+        print(f"note: steps {saved['train']['steps']} -> {new['train']['steps']}: the learning-"
+              "rate schedule is recomputed for the new length from the current step on")
+
+
+def resume(state: TrainState, cfg: Config, run_dir: Path) -> None:
     """Restore the state and drop metric rows logged after the checkpoint."""
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"--resume: {run_dir / 'checkpoint.pt'} does not exist; start the "
-                                "run without --resume or point --run-dir at an earlier run")
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    check_resumable(ckpt["config"], cfg)
     state.load_state_dict(ckpt["state"])
     rows = [r for r in read_metrics(run_dir) if r["step"] <= state.step]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -78,16 +96,17 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
     task = task if task is not None else build_task(cfg)
     state = build_state(cfg, policy)
     if cfg.log.resume:
-        resume(state, run_dir)
+        resume(state, cfg, run_dir)
     (run_dir / "config.json").write_text(cfg.to_json())
     say = print if verbose else (lambda *_: None)
     say(describe(cfg) + f"\nrun directory: {run_dir}")
 
     logger = MetricsLogger(run_dir, tensorboard=cfg.log.logger == "tensorboard",
                            append=cfg.log.resume)
-    if state.step == 0:
-        logger.log(0, evaluate(state, task, cfg))
     last_eval: dict[str, float] = {}
+    if state.step == 0:
+        last_eval = evaluate(state, task, cfg)
+        logger.log(0, last_eval)
     t_start = time.perf_counter()
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
                desc="train", dynamic_ncols=True, mininterval=1.0)

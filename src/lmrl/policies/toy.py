@@ -10,10 +10,10 @@ share the vocabulary). Every output position is predicted independently given th
     logits    = decoded · Eᵀ                          (B, P, V)
 
 init="lecture" is the lecture's initialisation: E ~ N(0, 1) (nn.Embedding's default) and
-W ~ N(0, 1)/√d. Its starting logits are large (std ≈ √(n·d)), so the starting policy is nearly
-deterministic: all G samples of a prompt coincide, centered deltas are all zero and learning
-never starts. init="scaled" multiplies every parameter by init_scale; with three multiplicative
-factors the logits shrink by init_scale³ and the starting policy is close to uniform.
+W ~ N(0, 1)/√d. Its starting logits are large, so the starting policy is nearly deterministic:
+all G samples of a prompt coincide, centered deltas are all zero and learning never starts.
+init="scaled" multiplies every weight by init_scale; E enters twice (input and output), so the
+logits shrink by init_scale⁴ (init_scale⁵ with the hidden layer) and the start is near uniform.
 
 symmetric_init starts every prompt position's encode matrix from the same random matrix. The
 parameters stay position-specific and free to diverge, but the starting policy ignores prompt

@@ -87,9 +87,14 @@ def encode(prompts: Tensor, V: int) -> Tensor:
     return (prompts.long() * powers).sum(dim=-1)
 
 
+def num_prompts(n: int, V: int, repeats: bool) -> int:
+    """Size of the prompt space: V^n with repeats, V!/(V-n)! without."""
+    return V**n if repeats else math.perm(V, n)
+
+
 def enumerate_prompts(n: int, V: int, repeats: bool) -> Tensor:
     """Every prompt, in lexicographic order. (K, n)."""
-    count = V**n if repeats else math.perm(V, n)
+    count = num_prompts(n, V, repeats)
     if count > MAX_ENUMERATED:
         raise ValueError(
             f"{count:,} prompts for n={n}, V={V} is too many to enumerate; use prompts='random'"
@@ -141,7 +146,7 @@ class SortTask:
             self.train, self.heldout = self._split(every, g)
 
     def _unique_random(self, count: int, g: torch.Generator) -> Tensor:
-        total = self.V**self.n if self.repeats else math.perm(self.V, self.n)
+        total = num_prompts(self.n, self.V, self.repeats)
         if count > total // 2:
             raise ValueError(f"heldout_size={count} is over half of all {total} prompts for "
                              f"n={self.n}, V={self.V}; lower heldout_size or use prompts='all' "
@@ -151,7 +156,9 @@ class SortTask:
         while first.numel() < count:  # only for tiny prompt spaces
             chosen = torch.cat([chosen, random_prompts(count, self.n, self.V, self.repeats, g)])
             _, first = _unique_rows(encode(chosen, self.V))
-        return chosen[first[:count].sort().values]
+        # The first `count` distinct prompts in draw order: a uniform random subset. (Taking the
+        # smallest codes instead would skew the set towards small values in the last position.)
+        return chosen[first.sort().values[:count]]
 
     def _split(self, every: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         constant = (every == every[:, :1]).all(dim=-1) & self.constants_in_train

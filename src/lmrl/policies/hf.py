@@ -1,0 +1,238 @@
+"""A HuggingFace causal LM behind the policy protocol: KV-cache sampling, one-pass log-probs.
+
+The state is the prompt plus every token so far, the action the next token. Prompts are either a
+list[str] of length B, tokenized here, or a `PromptBatch` (left-padded ids + attention mask, as
+`HFPolicy.encode` makes them), which a task can build once per step so that sampling and every
+log-prob pass reuse one tokenization.
+
+Left padding: prompts of different lengths are padded on the left, so that all of them end at the
+same column and new tokens are appended in one column for the whole batch. Padded columns are
+masked out of attention, and position ids count real tokens only (0 at a prompt's first token),
+so a prompt's distribution does not depend on how long its batch mates are.
+
+Shapes: B prompts, G samples each, N = B*G rows, L prompt columns, T response tokens, V vocab.
+Responses are padded with the pad id after EOS; response_mask is 1 up to and including EOS.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from lmrl.policies.base import Rollout, entropy_from_logits
+
+
+@dataclass
+class PromptBatch:
+    """B tokenized prompts, left-padded."""
+
+    input_ids: Tensor  # (B, L)
+    attention_mask: Tensor  # (B, L) 1 on prompt tokens, 0 on left padding
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def chunk(self, k: int) -> list["PromptBatch"]:
+        """Split by prompt as `Tensor.chunk` does, so step.Batch.split can split a PromptBatch."""
+        ids, masks = self.input_ids.chunk(k), self.attention_mask.chunk(k)
+        starts = [0]
+        for part in ids:
+            starts.append(starts[-1] + len(part))
+        return [PromptBatch(i, m, self.texts[a:b])
+                for i, m, a, b in zip(ids, masks, starts[:-1], starts[1:], strict=True)]
+
+
+@dataclass
+class TextRollout(Rollout):
+    """A Rollout plus what only a text policy knows."""
+
+    logp: Tensor  # (B, G, T) log π(token) at temperature 1 without top-k/top-p, 0 on padding
+    truncated: Tensor  # (B, G) bool: no EOS within max_new_tokens
+    texts: list[list[str]]  # B lists of G decoded responses, EOS and padding removed
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """0 at each row's first real token, counting real tokens only. (N, S) -> (N, S)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
+                  generator: torch.Generator | None) -> Tensor:
+    """One token per row. (N, V) -> (N,).
+
+    Sampling is by inverse CDF with one uniform per row drawn from `generator` on its own device,
+    so a CPU generator also drives a model on GPU.
+    """
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    order = None
+    if top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep a token while the mass before it is below top_p, so the top token is always kept.
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand((len(cdf), 1), generator=generator, device=device).to(cdf.device)
+    # First index whose cdf exceeds u·total: never a zero-probability token.
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1)
+    return token.squeeze(-1) if order is None else order.gather(-1, token).squeeze(-1)
+
+
+class HFPolicy(nn.Module):
+    """An AutoModelForCausalLM and its tokenizer, with sample(...) and logprobs(...).
+
+    Dropout is left as the model config sets it; RL ratios assume a deterministic forward pass,
+    so use models with dropout 0 (Llama and Qwen2 default to it).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
+                 top_p: float = 1.0, add_special_tokens: bool = True) -> None:
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.top_k, self.top_p = max_new_tokens, top_k, top_p
+        self.add_special_tokens = add_special_tokens
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        eos = {eos} if isinstance(eos, int) else set(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        if not eos:
+            raise ValueError("neither the tokenizer nor the generation config names an EOS token")
+        self.register_buffer("eos_ids", torch.tensor(sorted(eos)), persistent=False)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(eos)
+        # transformers 5 renamed past_key_values to cache; accept either version.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", trust_remote_code: bool = False,
+                        **kwargs) -> "HFPolicy":
+        """Load a local directory or hub name; kwargs are HFPolicy's sampling settings."""
+        tokenizer = AutoTokenizer.from_pretrained(path_or_name,
+                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+        return cls(model.to(device), tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: "list[str] | PromptBatch") -> PromptBatch:
+        """Tokenize and left-pad (a PromptBatch passes through, moved to the model's device)."""
+        if isinstance(prompts, PromptBatch):
+            return PromptBatch(prompts.input_ids.to(self.device),
+                               prompts.attention_mask.to(self.device), prompts.texts)
+        ids = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
+        if any(len(row) == 0 for row in ids):
+            raise ValueError("a prompt tokenizes to no tokens; there is nothing to condition on")
+        L = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), L), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), L), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, L - len(row):] = torch.tensor(row)
+            attention_mask[i, L - len(row):] = 1
+        return PromptBatch(input_ids.to(self.device), attention_mask.to(self.device), list(prompts))
+
+    def _forward(self, input_ids: Tensor, attention_mask: Tensor, cache, logits_to_keep: int
+                 ) -> Tensor:
+        """Logits of the last `logits_to_keep` columns; position ids are those of input_ids."""
+        positions = position_ids(attention_mask)[:, -input_ids.shape[1]:]
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=positions, use_cache=cache is not None,
+                         logits_to_keep=logits_to_keep, **{self._cache_kwarg: cache})
+        return out.logits
+
+    @torch.no_grad()
+    def sample(self, prompts: "list[str] | PromptBatch", num_samples: int,
+               generator: torch.Generator | None = None, temperature: float = 1.0,
+               max_new_tokens: int | None = None, top_k: int | None = None,
+               top_p: float | None = None) -> TextRollout:
+        """G = num_samples responses per prompt; temperature 0 is greedy. -> (B, G, T).
+
+        The prompt is encoded once per prompt and its KV cache repeated G times; then one forward
+        pass per new token over all N rows, until every row has emitted EOS or max_new_tokens.
+        """
+        batch = self.encode(prompts)
+        B, G = len(batch), num_samples
+        max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        top_k = self.top_k if top_k is None else top_k
+        top_p = self.top_p if top_p is None else top_p
+        if max_new < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(batch.input_ids, batch.attention_mask, cache, 1)[:, -1]  # (B, V)
+        cache.batch_repeat_interleave(G)
+        logits = logits.float().repeat_interleave(G, dim=0)  # (N, V)
+        mask = batch.attention_mask.repeat_interleave(G, dim=0)  # (N, L + t)
+        done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
+        tokens, logps = [], []
+        for t in range(max_new):
+            token = choose_tokens(logits, temperature, top_k, top_p, generator)  # (N,)
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+            tokens.append(token.masked_fill(done, self.pad_id))
+            logps.append(logp.masked_fill(done, 0.0))
+            done = done | torch.isin(token, self.eos_ids)
+            if t == max_new - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._forward(tokens[-1][:, None], mask, cache, 1)[:, -1].float()
+        responses = torch.stack(tokens, dim=1)  # (N, T)
+        response_mask = self.response_mask(responses)
+        return TextRollout(
+            responses=responses.reshape(B, G, -1),
+            response_mask=response_mask.reshape(B, G, -1),
+            logp=torch.stack(logps, dim=1).reshape(B, G, -1),
+            truncated=~done.reshape(B, G),
+            texts=self.decode(responses.reshape(B, G, -1), response_mask.reshape(B, G, -1)),
+        )
+
+    def response_mask(self, responses: Tensor) -> Tensor:
+        """1.0 up to and including the first EOS, 0 after it. (..., T) -> (..., T)."""
+        is_eos = torch.isin(responses, self.eos_ids).long()
+        after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+        return (~after_eos).float()
+
+    def decode(self, responses: Tensor, response_mask: Tensor) -> list[list[str]]:
+        """Text of each response without its EOS and padding. (B, G, T) -> B lists of G."""
+        keep = response_mask.bool() & ~torch.isin(responses, self.eos_ids)
+        rows = [r[k].tolist() for r, k in zip(responses.flatten(0, 1), keep.flatten(0, 1),
+                                              strict=True)]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        G = responses.shape[1]
+        return [texts[i:i + G] for i in range(0, len(texts), G)]
+
+    def logprobs(self, prompts: "list[str] | PromptBatch", responses: Tensor,
+                 response_mask: Tensor, with_entropy: bool = False
+                 ) -> tuple[Tensor, Tensor | None]:
+        """log π(token | prompt, tokens before it), one forward pass over prompt + response.
+
+        Shapes: B prompts, responses and response_mask (B, G, T) -> (B, G, T) [, entropy].
+        Only the T+1 last columns' logits are computed (logits_to_keep), never the prompt's.
+        """
+        batch = self.encode(prompts)
+        B, G, T = responses.shape
+        responses = responses.to(self.device).reshape(B * G, T)
+        mask = response_mask.to(self.device).reshape(B * G, T)
+        input_ids = torch.cat([batch.input_ids.repeat_interleave(G, dim=0), responses], dim=1)
+        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
+                                    mask.long()], dim=1)
+        # Column j predicts token j+1: the response's T tokens are predicted by the T columns
+        # ending one before the last.
+        logits = self._forward(input_ids, attention_mask, None, T + 1)[:, :-1].float()  # (N,T,V)
+        logp = logits.gather(-1, responses[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
+        logp = (logp * mask).reshape(B, G, T)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = (entropy_from_logits(logits) * mask).reshape(B, G, T)
+        return logp, entropy
