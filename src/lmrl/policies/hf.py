@@ -105,7 +105,8 @@ class HFPolicy(nn.Module):
             eos.add(tokenizer.eos_token_id)
         if not eos:
             raise ValueError("neither the tokenizer nor the generation config names an EOS token")
-        self.register_buffer("eos_ids", torch.tensor(sorted(eos)), persistent=False)
+        self.register_buffer("eos_ids", torch.tensor(sorted(eos), device=self.device),
+                             persistent=False)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(eos)
         # transformers 5 renamed past_key_values to cache; accept either version.
@@ -207,7 +208,8 @@ class HFPolicy(nn.Module):
         keep = response_mask.bool() & ~torch.isin(responses, self.eos_ids)
         rows = [r[k].tolist() for r, k in zip(responses.flatten(0, 1), keep.flatten(0, 1),
                                               strict=True)]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False,
+                                            clean_up_tokenization_spaces=False)
         G = responses.shape[1]
         return [texts[i:i + G] for i in range(0, len(texts), G)]
 
