@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_CPU)"
-	$(BIN)/pip install -q -e ".[dev,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,parquet]"
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -8,7 +8,15 @@ import sys
 import pytest
 
 from lmrl.cli import main
-from lmrl.config import AlgoConfig, Config, ConfigError, TaskConfig, TrainConfig, validate
+from lmrl.config import (
+    AlgoConfig,
+    Config,
+    ConfigError,
+    TaskConfig,
+    TrainConfig,
+    describe,
+    validate,
+)
 from lmrl.presets import PRESETS
 
 VALID = {
@@ -253,7 +261,7 @@ def test_cli_top_level_help_exits_0(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     err = capsys.readouterr().err
-    assert "lmrl {train,sweep,plot}" in err
+    assert "lmrl {train,sweep,plot,init-model,sft,eval}" in err
     assert "default|lecture|t1|t3" in err
 
 
@@ -286,3 +294,53 @@ def test_resume_with_overwrite_is_contradictory():
 
     with pytest.raises(ConfigError, match="resume and log.overwrite"):
         Config().replace(log={"resume": True, "overwrite": True})
+
+
+# --- causal LMs and text tasks ---------------------------------------------------------------
+
+LM = {"policy": {"model": "some/model"}, "task": {"task": "sort_text"}}
+
+
+def lm_cfg(**groups) -> Config:
+    merged = {g: dict(v) for g, v in LM.items()}
+    for g, v in groups.items():
+        merged.setdefault(g, {}).update(v)
+    return Config.from_dict(merged)
+
+
+@pytest.mark.parametrize("groups, fragment", [
+    ({"task": {"task": "addition"}}, "needs a causal LM"),
+    ({"policy": {"model": "m"}}, "use --task sort_text"),
+    ({"policy": {"model": "m"}, "task": {"task": "gsm8k"}}, "needs --data"),
+    ({"policy": {"model": "m"}, "task": {"task": "user", "data": "x.jsonl"}}, "--reward-fns"),
+    ({"policy": {"model": "m", "hidden": 64}, "task": {"task": "sort_text"}}, "policy.hidden"),
+    ({"policy": {"top_p": 0.9}}, "policy.top_p"),
+    ({"policy": {"model": "m", "temperature": 0.0}, "task": {"task": "sort_text"}},
+     "temperature"),
+    ({"policy": {"model": "m"}, "task": {"task": "addition", "n": 4}}, "task.n"),
+    ({"policy": {"model": "m"}, "task": {"task": "sort_text", "digits": 2}}, "task.digits"),
+    ({"policy": {"model": "m"}, "task": {"task": "sort_text", "reward_fns": ["nocolon"]}},
+     "module:function"),
+    ({"log": {"log_samples": 2}}, "log.log_samples"),
+])
+def test_lm_settings_that_cannot_work_fail_at_startup(groups, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        Config.from_dict(groups)
+
+
+def test_lr_default_depends_on_the_model_kind_and_an_explicit_lr_wins():
+    assert Config().lr == 3e-3
+    assert lm_cfg().lr == 2e-4
+    assert lm_cfg(train={"lr": 1e-5}).lr == 1e-5
+
+
+def test_lm_config_round_trips_through_json_with_tuples():
+    cfg = lm_cfg(policy={"stop": ["</answer>"]}, task={"reward_fns": ["m:f=0.5"]})
+    again = Config.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.policy.stop == ("</answer>",)
+
+
+def test_describe_names_the_causal_lm_and_its_sampling():
+    text = describe(lm_cfg(policy={"top_k": 5}))
+    assert "causal LM" in text and "top_k=5" in text and "sort_text" in text
+    assert "lr=0.0002" in text

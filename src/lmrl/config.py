@@ -13,8 +13,12 @@ from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
 from lmrl.policies.toy import INITS
 from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
 
-TASKS = ("sort",)
-MODELS = ("toy",)
+TASKS = ("sort", "sort_text", "addition", "multiplication", "countdown", "gsm8k", "user")
+TEXT_TASKS = TASKS[1:]
+DTYPES = ("auto", "float32", "bfloat16")
+# Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
+# at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
+TOY_LR, LM_LR = 3e-3, 2e-4
 SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("jsonl", "tensorboard")
 
@@ -31,11 +35,22 @@ def _choice(group: str, name: str, value: str, valid) -> None:
 @dataclass(frozen=True)
 class TaskConfig:
     task: str = "sort"
-    """Task to train on. Valid: sort."""
+    """Task to train on. sort: the seed's toy task (model=toy); text tasks (a causal LM):
+    sort_text, addition, multiplication, countdown, gsm8k, user (your own data file)."""
     n: int = 6
-    """Numbers per prompt (also the response length P)."""
+    """Numbers per prompt (sort, sort_text); numbers given (countdown)."""
     V: int = 10
-    """Vocabulary size: numbers are 0..V-1."""
+    """sort, sort_text: numbers are 0..V-1. countdown: numbers are 1..V."""
+    digits: int = 3
+    """Digits per operand (addition, multiplication)."""
+    data: str | None = None
+    """Data file (gsm8k: GSM8K-format JSONL; user: JSONL or parquet with a prompt column)."""
+    heldout_data: str | None = None
+    """Held-out data file (gsm8k, user); default: heldout_size rows split off data."""
+    reward_fns: tuple[str, ...] = ()
+    """Extra reward functions 'module:function[=weight]' with TRL's signature
+    f(prompts, completions, **columns) -> list[float]; added to a text task's own rewards (the
+    user task has only these)."""
     repeats: bool = True
     """Allow repeated numbers in a prompt (without repeats n <= V is required)."""
     prompts: str = "random"
@@ -44,20 +59,38 @@ class TaskConfig:
     train_frac: float = 0.6
     """Fraction of prompts used for training when prompts=all."""
     heldout_size: int = 2000
-    """Number of held-out prompts when prompts=random."""
+    """Number of held-out prompts when prompts=random (text tasks: held-out examples)."""
     constants_in_train: bool = True
     """Keep the constant prompts (0,0,..), (1,1,..) in the training split (prompts=all)."""
     split_seed: int = 0
     """Seed of the train/held-out split (independent of the training seed)."""
     reward: str = "positional"
-    """Training reward. Valid: exact_match, positional, inclusion_adjacency,
+    """Training reward of sort / sort_text. Valid: exact_match, positional, inclusion_adjacency,
     inclusion_adjacency_multiset."""
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     model: str = "toy"
-    """Policy model. Valid: toy (the seed's non-autoregressive sorting model)."""
+    """toy (the seed's non-autoregressive sorting model, task=sort) or a causal LM: a local
+    directory (lmrl init-model / lmrl sft / save_pretrained output) or a hub name."""
+    max_new_tokens: int = 0
+    """Completion budget in tokens (0 = the task's own budget). Causal LMs only."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts; log-probs use the same temperature, so the
+    policy being optimised is the one that samples. Causal LMs only."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0 = all). Causal LMs only."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1 = off). Causal LMs only."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a completion ends at the token that completes one (kept in the text)."""
+    dtype: str = "auto"
+    """Weights dtype. auto: float32 weights, plus bfloat16 autocast on GPU. Causal LMs only."""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, ... (auto: cuda if available). Causal LMs only."""
+    trust_remote_code: bool = False
+    """Pass trust_remote_code to from_pretrained (models with their own code)."""
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
@@ -117,8 +150,8 @@ class TrainConfig:
     """Prompts per step."""
     G: int = 16
     """Samples per prompt (the group)."""
-    lr: float = 3e-3
-    """Peak learning rate (Adam)."""
+    lr: float | None = None
+    """Peak learning rate (AdamW); default 3e-3 for the toy model, 2e-4 for causal LMs."""
     schedule: str = "cosine"
     """Learning-rate schedule after warm-up. Valid: constant, cosine, linear."""
     min_lr_frac: float = 0.05
@@ -150,7 +183,11 @@ class LogConfig:
     eval_every: int = 250
     """Evaluate on held-out prompts every k steps (and at the end)."""
     eval_samples: int = 0
-    """Samples per held-out prompt for pass@G (0 = G)."""
+    """Samples per held-out prompt for pass@k (sort: 0 = G; text tasks: 0 = no pass@k)."""
+    eval_limit: int = 0
+    """Evaluate on at most this many held-out examples (0 = all). Text tasks only."""
+    log_samples: int = 4
+    """Held-out completions written to samples.jsonl and printed at each evaluation."""
     logger: str = "jsonl"
     """jsonl (always written) or tensorboard (also writes TensorBoard events)."""
     progress: bool = True
@@ -172,6 +209,17 @@ class Config:
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def is_toy(self) -> bool:
+        return self.policy.model == "toy"
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate in force (train.lr, or the model kind's default)."""
+        if self.train.lr is not None:
+            return self.train.lr
+        return TOY_LR if self.is_toy else LM_LR
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -186,6 +234,8 @@ class Config:
             names = {f.name for f in dataclasses.fields(_GROUPS[group])}
             if set(values) - names:
                 raise ConfigError(f"unknown {group} fields {sorted(set(values) - names)}")
+            # JSON has no tuples: stop strings and reward_fns come back as lists.
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
             built[group] = _GROUPS[group](**values)
         return cls(**built)
 
@@ -218,9 +268,27 @@ def _reject_ignored(cfg: Config) -> None:
         (t.prompts != "random", "task", ("heldout_size",),
          "only prompts=random draws a held-out set"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
+        (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
+         "they shape the toy model, and model is a causal LM"),
+        (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
+                                "dtype", "device", "trust_remote_code"),
+         "they configure a causal LM, and model=toy"),
+        (t.task != "sort", "task", ("prompts", "train_frac", "constants_in_train"),
+         "only task=sort has prompt sets"),
+        (t.task not in ("sort", "sort_text", "countdown"), "task", ("n", "V"),
+         "only the sort tasks and countdown draw n numbers below V"),
+        (t.task not in ("sort", "sort_text"), "task", ("repeats", "reward"),
+         "only the sort tasks choose repeats and one of the seed's rewards"),
+        (t.task not in ("addition", "multiplication"), "task", ("digits",),
+         "only arithmetic has digits"),
+        (t.task not in ("gsm8k", "user"), "task", ("data", "heldout_data"),
+         "only gsm8k and user read data files"),
+        (t.task == "sort", "task", ("reward_fns",), "the toy task scores token tensors, not text"),
+        (t.task == "sort", "log", ("eval_limit", "log_samples"),
+         "the toy task evaluates every held-out prompt and has no text to log"),
     ]
     defaults = {"task": TaskConfig(), "policy": PolicyConfig(), "algo": AlgoConfig(),
-                "train": TrainConfig()}
+                "train": TrainConfig(), "log": LogConfig()}
     for applies, group, names, why in rules:
         for name in names if applies else ():
             value, default = getattr(getattr(cfg, group), name), getattr(defaults[group], name)
@@ -229,13 +297,31 @@ def _reject_ignored(cfg: Config) -> None:
                                   f"drop it or change the setting that disables it")
 
 
+def _check_model_task(cfg: Config) -> None:
+    t = cfg.task
+    if cfg.is_toy and t.task != "sort":
+        raise ConfigError(f"task={t.task!r} is a text task and needs a causal LM: pass --model DIR "
+                          "(lmrl init-model builds a tiny one) or a hub name")
+    if not cfg.is_toy and t.task == "sort":
+        raise ConfigError(f"task=sort is the toy model's tensor task; with --model {cfg.policy.model}"
+                          " use --task sort_text")
+    if t.task in ("gsm8k", "user") and t.data is None:
+        raise ConfigError(f"task={t.task} needs --data FILE")
+    if t.task == "user" and not t.reward_fns:
+        raise ConfigError("task=user needs at least one --reward-fns module:function")
+    for spec in t.reward_fns:
+        if ":" not in spec:
+            raise ConfigError(f"task.reward_fns entry {spec!r} must look like module:function")
+
+
 def validate(cfg: Config) -> None:
     t, p, a, tr, lg = cfg.task, cfg.policy, cfg.algo, cfg.train, cfg.log
     _choice("task", "task", t.task, TASKS)
     _choice("task", "reward", t.reward, REWARDS)
     _choice("task", "prompts", t.prompts, PROMPT_SETS)
-    _choice("policy", "model", p.model, MODELS)
     _choice("policy", "init", p.init, INITS)
+    _choice("policy", "dtype", p.dtype, DTYPES)
+    _check_model_task(cfg)
     _choice("algo", "delta", a.delta, DELTAS)
     _choice("algo", "loss", a.loss, LOSSES)
     _choice("algo", "ratio_level", a.ratio_level, ("token", "sequence"))
@@ -250,7 +336,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
                           "numbers; lower n, raise V or set repeats")
     total = num_prompts(t.n, t.V, t.repeats)
-    if t.prompts == "random" and not 0 < t.heldout_size <= total // 2:
+    if t.task in ("sort", "sort_text") and t.prompts == "random" and \
+            not 0 < t.heldout_size <= total // 2:
         raise ConfigError(f"task.heldout_size={t.heldout_size} must be in 1..{total // 2} (half of "
                           f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
     if t.prompts == "lecture" and (t.n, t.V) != (3, 5):
@@ -280,8 +367,13 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
-    if tr.lr <= 0:
+    if tr.lr is not None and tr.lr <= 0:
         raise ConfigError(f"train.lr={tr.lr} must be > 0")
+    if p.temperature <= 0 or not 0 < p.top_p <= 1 or p.top_k < 0 or p.max_new_tokens < 0:
+        raise ConfigError(f"policy: temperature={p.temperature} must be > 0, top_p={p.top_p} in "
+                          f"(0, 1], top_k={p.top_k} and max_new_tokens={p.max_new_tokens} >= 0")
+    if lg.eval_limit < 0 or lg.log_samples < 0 or t.heldout_size < 1:
+        raise ConfigError("log.eval_limit and log.log_samples must be >= 0, task.heldout_size >= 1")
     if lg.resume and lg.overwrite:
         raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
     _reject_ignored(cfg)
@@ -304,14 +396,36 @@ def describe(cfg: Config) -> str:
     old = ("logp_old = detached current log-probs (μ=1: ratio is 1, no extra pass)" if a.mu == 1
            else f"logp_old stored from the first of μ={a.mu} passes (no model copy)")
     return "\n".join([
-        f"task: sort n={cfg.task.n} V={cfg.task.V} prompts={cfg.task.prompts} "
-        f"reward={cfg.task.reward}",
-        f"policy: {cfg.policy.model} dim={cfg.policy.dim} hidden={cfg.policy.hidden} "
-        f"init={cfg.policy.init}",
+        _describe_task(cfg.task),
+        _describe_policy(cfg),
         f"delta: {a.delta}; loss: {a.loss} (ε={a.eps_low}/{a.eps_high}, ratio per {a.ratio_level}"
         f"); aggregation: {a.aggregation}",
         f"reference policy: {ref}",
         f"old policy: {old}{old_note}",
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
-        f"lr={cfg.train.lr} ({cfg.train.schedule})",
+        f"lr={cfg.lr} ({cfg.train.schedule}, {cfg.train.warmup_steps} warm-up steps), "
+        f"grad clip {cfg.train.grad_clip or 'off'}, {cfg.train.grad_accum} micro-batch(es)",
     ])
+
+
+def _describe_task(t: TaskConfig) -> str:
+    extra = f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
+    if t.task == "sort":
+        return f"task: sort n={t.n} V={t.V} prompts={t.prompts} reward={t.reward}"
+    if t.task == "sort_text":
+        return f"task: sort_text n={t.n} V={t.V} reward={t.reward}{extra}"
+    if t.task in ("addition", "multiplication"):
+        return f"task: {t.task} of {t.digits}-digit numbers{extra}"
+    if t.task == "countdown":
+        return f"task: countdown with {t.n} numbers in 1..{t.V}{extra}"
+    return f"task: {t.task} data={t.data} held out={t.heldout_data or t.heldout_size}{extra}"
+
+
+def _describe_policy(cfg: Config) -> str:
+    p = cfg.policy
+    if cfg.is_toy:
+        return f"policy: toy dim={p.dim} hidden={p.hidden} init={p.init}"
+    budget = p.max_new_tokens or "task default"
+    return (f"policy: {p.model} (causal LM, dtype {p.dtype}, device {p.device}); sampling "
+            f"temperature={p.temperature} top_k={p.top_k} top_p={p.top_p} "
+            f"max_new_tokens={budget} stop={list(p.stop)}")

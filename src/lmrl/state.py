@@ -55,10 +55,19 @@ class TrainState:
         self.step = state["step"]
 
 
-def build_policy(cfg: Config) -> nn.Module:
+def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
+    """The toy model, or a causal LM loaded with from_pretrained (max_new_tokens is the task's
+    budget, used unless policy.max_new_tokens overrides it)."""
     p, t = cfg.policy, cfg.task
-    return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
-                         init_scale=p.init_scale, symmetric_init=p.symmetric_init)
+    if cfg.is_toy:
+        return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
+                             init_scale=p.init_scale, symmetric_init=p.symmetric_init)
+    from lmrl.policies.hf import HFPolicy
+
+    return HFPolicy.from_pretrained(
+        p.model, dtype=p.dtype, device=p.device, trust_remote_code=p.trust_remote_code,
+        max_new_tokens=p.max_new_tokens or max_new_tokens, temperature=p.temperature,
+        top_k=p.top_k, top_p=p.top_p, stop=p.stop)
 
 
 def lr_lambda(cfg: Config):
@@ -80,14 +89,18 @@ def lr_lambda(cfg: Config):
     return factor
 
 
-def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
-    """Seed everything and build a fresh state (policy is built from the config if not given)."""
-    seed = cfg.train.seed
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+
+
+def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
+    """Seed everything and build a fresh state (policy is built from the config if not given)."""
+    seed = cfg.train.seed
+    seed_everything(seed)
     policy = policy if policy is not None else build_policy(cfg)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr,
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
                                   weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     reference = None

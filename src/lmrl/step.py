@@ -10,6 +10,7 @@ response tokens; per-token tensors (B, G, T), per-response tensors (B, G).
 
 import time
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -26,12 +27,15 @@ from lmrl.losses import (
 )
 from lmrl.state import TrainState
 
+if TYPE_CHECKING:
+    from lmrl.policies.hf import PromptBatch
+
 
 @dataclass
 class Batch:
     """Everything the μ updates need, fixed for the step."""
 
-    prompts: Tensor  # (B, n)
+    prompts: "Tensor | PromptBatch | list[str]"  # (B, n) for the toy model; B prompts for an LM
     responses: Tensor  # (B, G, T)
     response_mask: Tensor  # (B, G, T)
     delta: Tensor  # (B, G)
@@ -40,8 +44,26 @@ class Batch:
     def split(self, k: int) -> list["Batch"]:
         """k micro-batches by prompt, so every group stays whole."""
         parts = {f.name: getattr(self, f.name) for f in fields(self)}
-        chunks = {n: (v.chunk(k) if v is not None else [None] * k) for n, v in parts.items()}
+        chunks = {n: _chunk(v, k) for n, v in parts.items()}
         return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(k)]
+
+
+def _chunk(value, k: int) -> list:
+    """Split along the prompt axis as Tensor.chunk does (lists too: list[str] prompts)."""
+    if value is None:
+        return [None] * k
+    if isinstance(value, list):
+        size = -(-len(value) // k)
+        return [value[i:i + size] for i in range(0, len(value), size)]
+    return value.chunk(k)
+
+
+def policy_inputs(policy, prompts):
+    """What the policy conditions on: the toy model takes the prompt tensor as is; a causal LM
+    takes text, tokenized once here so that sampling and every log-prob pass share it."""
+    if isinstance(prompts, list) and prompts and isinstance(prompts[0], dict):
+        return policy.encode([ex["prompt"] for ex in prompts])
+    return prompts
 
 
 def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
@@ -49,16 +71,19 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     a, tr = cfg.algo, cfg.train
     policy, t0 = state.policy, time.perf_counter()
 
-    prompts = task.sample_prompts(tr.B, state.generator)  # (B, n)
+    prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
+    inputs = policy_inputs(policy, prompts)
     with torch.no_grad():
-        rollout = policy.sample(prompts, tr.G, generator=state.generator)  # (B, G, T)
-    rewards = task.rewards(prompts, rollout.responses)  # (B, G)
+        rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
+    t_sampled = time.perf_counter()
+    rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
     delta = compute_deltas(a.delta, rewards, eps=a.norm_eps)  # (B, G)
+    t_scored = time.perf_counter()
     logp_ref = None
     if state.reference is not None:
-        logp_ref = state.reference.logprobs(prompts, rollout.responses, rollout.response_mask)
-    batch = Batch(prompts, rollout.responses, rollout.response_mask, delta, logp_ref)
-    t_sampled = time.perf_counter()
+        logp_ref = state.reference.logprobs(inputs, rollout.responses, rollout.response_mask)
+    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, logp_ref)
+    t_ref = time.perf_counter()
 
     # The loss is divided by the whole batch's count, whatever the micro-batch split.
     denominator = loss_denominator(batch.response_mask, a.aggregation)
@@ -71,13 +96,17 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     state.step += 1
     refreshed = state.reference.maybe_refresh(policy, state.step) if state.reference else False
 
+    t_end = time.perf_counter()
     return {
-        **reward_metrics(rewards, delta, task, prompts, rollout.responses),
+        **reward_metrics(rewards, table, delta, task, rollout),
         **diag,
         "train/lr": lr,
         "train/ref_refreshed": float(refreshed),
         "time/sample_seconds": t_sampled - t0,
-        "time/step_seconds": time.perf_counter() - t0,
+        "time/reward_seconds": t_scored - t_sampled,
+        "time/ref_seconds": t_ref - t_scored,
+        "time/update_seconds": t_end - t_ref,
+        "time/step_seconds": t_end - t0,
     }
 
 
@@ -160,16 +189,24 @@ def grad_clip(state: TrainState, max_norm: float) -> float:
 
 
 @torch.no_grad()
-def reward_metrics(rewards: Tensor, delta: Tensor, task, prompts: Tensor,
-                   responses: Tensor) -> dict[str, float]:
-    """What the sampled batch scored. (B, G) in."""
+def reward_metrics(rewards: Tensor, table: dict[str, Tensor], delta: Tensor, task,
+                   rollout) -> dict[str, float]:
+    """What the sampled batch scored: the training reward, each reward function's mean,
+    correctness, and (for text) truncation and length. (B, G) in."""
     flat = rewards.amax(dim=-1) == rewards.amin(dim=-1)
-    return {
+    out = {
         "train/reward_mean": rewards.mean().item(),
         "train/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
         "train/reward_group_max": rewards.amax(dim=-1).mean().item(),
-        "train/exact_match": task.rewards(prompts, responses, "exact_match").mean().item(),
         # Groups whose samples all scored the same give no gradient under a group baseline.
         "train/flat_group_frac": flat.float().mean().item(),
         "train/delta_abs_mean": delta.abs().mean().item(),
+        "train/response_tokens": rollout.response_mask.sum(-1).mean().item(),
     }
+    if task.correctness is not None:
+        out["train/exact_match"] = task.correct(table).float().mean().item()
+    out.update({f"train/reward_{name}": v.float().mean().item() for name, v in table.items()})
+    truncated = getattr(rollout, "truncated", None)
+    if truncated is not None:
+        out["train/truncated_frac"] = truncated.float().mean().item()
+    return out

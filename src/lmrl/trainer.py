@@ -3,9 +3,12 @@
 Run directory:
     config.json       the exact Config the code read
     metrics.jsonl     one line per step (flat slash-separated keys); step 0 is the untrained eval
+    samples.jsonl     text tasks: held-out completions at each evaluation (step, prompt,
+                      completion, each reward)
     summary.json      final eval/* metrics, wall_seconds, steps
     reward.png        train and held-out reward and exact match per step
-    model.safetensors final policy weights
+    model.safetensors final toy policy weights
+    model/            final causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
     checkpoint.pt     full TrainState (resume with --resume)
 """
 
@@ -21,25 +24,57 @@ from tqdm import tqdm
 from lmrl.config import Config, ConfigError, describe
 from lmrl.logging import MetricsLogger, read_metrics
 from lmrl.plotting import plot_run
-from lmrl.state import TrainState, build_state
+from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
+from lmrl.tasks import build_task as build_task_from
 from lmrl.tasks.sort import SortTask, evaluate_sort
 from lmrl.threads import configure_threads
 
 
-def build_task(cfg: Config) -> SortTask:
-    t = cfg.task
-    return SortTask(n=t.n, V=t.V, repeats=t.repeats, prompts=t.prompts, train_frac=t.train_frac,
-                    heldout_size=t.heldout_size, constants_in_train=t.constants_in_train,
-                    split_seed=t.split_seed, reward=t.reward)
+def build_task(cfg: Config):
+    """The config's task; a task that rejects its settings raises ConfigError."""
+    try:
+        return build_task_from(cfg.task)
+    except ValueError as err:
+        raise ConfigError(f"task {cfg.task.task}: {err}") from err
 
 
-def evaluate(state: TrainState, task: SortTask, cfg: Config) -> dict[str, float]:
+def evaluate(state: TrainState, task, cfg: Config) -> tuple[dict[str, float], list[dict]]:
+    """Held-out metrics and (text tasks) a few sample completions."""
     state.policy.eval()
-    metrics = evaluate_sort(task, state.policy, cfg.log.eval_samples or cfg.train.G,
-                            state.eval_generator)
+    if isinstance(task, SortTask):
+        metrics, samples = evaluate_sort(task, state.policy, cfg.log.eval_samples or cfg.train.G,
+                                         state.eval_generator), []
+    else:
+        from lmrl.tasks.text import evaluate_text
+
+        metrics, samples = evaluate_text(task, state.policy, state.eval_generator,
+                                         num_samples=cfg.log.eval_samples,
+                                         max_examples=cfg.log.eval_limit or None,
+                                         num_logged=cfg.log.log_samples)
     state.policy.train()
-    return metrics
+    return metrics, samples
+
+
+class SampleLog:
+    """samples.jsonl, plus the same completions on the console (above the progress bar)."""
+
+    def __init__(self, run_dir: Path, append: bool, echo: bool) -> None:
+        self._file = (run_dir / "samples.jsonl").open("a" if append else "w")
+        self.echo = echo
+
+    def write(self, step: int, samples: list[dict]) -> None:
+        for sample in samples:
+            self._file.write(json.dumps({"step": step, **sample}) + "\n")
+            if self.echo:
+                rewards = " ".join(f"{k}={v:g}" for k, v in sample.items()
+                                   if k not in ("prompt", "completion"))
+                tqdm.write(f"  [step {step}] {sample['prompt']!r} -> "
+                           f"{sample['completion']!r}  {rewards}")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -86,14 +121,21 @@ def resume(state: TrainState, cfg: Config, run_dir: Path) -> None:
     state.load_state_dict(ckpt["state"])
     rows = [r for r in read_metrics(run_dir) if r["step"] <= state.step]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples_path = run_dir / "samples.jsonl"
+    if samples_path.is_file():
+        kept = [line for line in samples_path.read_text().splitlines()
+                if json.loads(line)["step"] <= state.step]
+        samples_path.write_text("".join(line + "\n" for line in kept))
 
 
-def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | None = None,
+def train(cfg: Config, policy: torch.nn.Module | None = None, task=None,
           verbose: bool = True) -> dict:
     """Run a whole training job; returns the summary (also written to summary.json)."""
-    configure_threads(cfg.train.threads, cfg.policy.model)
-    run_dir = prepare_run_dir(cfg)
+    configure_threads(cfg.train.threads, "toy" if cfg.is_toy else "lm")
     task = task if task is not None else build_task(cfg)
+    run_dir = prepare_run_dir(cfg)
+    if policy is None:
+        policy = build_policy(cfg, getattr(task, "max_new_tokens", 64))
     state = build_state(cfg, policy)
     if cfg.log.resume:
         resume(state, cfg, run_dir)
@@ -103,10 +145,12 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
 
     logger = MetricsLogger(run_dir, tensorboard=cfg.log.logger == "tensorboard",
                            append=cfg.log.resume)
+    sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
     last_eval: dict[str, float] = {}
     if state.step == 0:
-        last_eval = evaluate(state, task, cfg)
+        last_eval, samples = evaluate(state, task, cfg)
         logger.log(0, last_eval)
+        sample_log.write(0, samples)
     t_start = time.perf_counter()
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
                desc="train", dynamic_ncols=True, mininterval=1.0)
@@ -115,13 +159,14 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
         elapsed = time.perf_counter() - t_start
         out_of_time = 0 < cfg.train.time_limit <= elapsed
         if state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps or out_of_time:
-            last_eval = evaluate(state, task, cfg)
+            last_eval, samples = evaluate(state, task, cfg)
             metrics.update(last_eval)
+            sample_log.write(state.step, samples)
         metrics["time/elapsed_seconds"] = elapsed
         logger.log(state.step, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
-                        heldout_em=f"{last_eval.get('eval/exact_match', float('nan')):.3f}",
+                        heldout=f"{headline(last_eval):.3f}",
                         refresh=False)  # redraw at tqdm's own interval, not every step
         if cfg.log.save_every and state.step % cfg.log.save_every == 0:
             save_checkpoint(state, cfg, run_dir)
@@ -129,6 +174,7 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
             break
     bar.close()
     logger.close()
+    sample_log.close()
 
     wall = time.perf_counter() - t_start
     summary = finish(state, task, cfg, run_dir, wall, last_eval)
@@ -136,12 +182,15 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: SortTask | N
     return summary
 
 
-def finish(state: TrainState, task: SortTask, cfg: Config, run_dir: Path, wall: float,
+def finish(state: TrainState, task, cfg: Config, run_dir: Path, wall: float,
            last_eval: dict[str, float]) -> dict:
     save_checkpoint(state, cfg, run_dir)
-    save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
-              run_dir / "model.safetensors")
-    final = last_eval or evaluate(state, task, cfg)
+    if cfg.is_toy:
+        save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
+                  run_dir / "model.safetensors")
+    else:
+        state.policy.save_pretrained(run_dir / "model")
+    final = last_eval or evaluate(state, task, cfg)[0]
     summary = {**final, "steps": state.step, "wall_seconds": wall,
                "run_dir": str(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -149,9 +198,16 @@ def finish(state: TrainState, task: SortTask, cfg: Config, run_dir: Path, wall: 
     return summary
 
 
+def headline(metrics: dict[str, float]) -> float:
+    """The number a run is judged by: held-out exact match, or held-out reward if the task has
+    no notion of a right answer."""
+    return metrics.get("eval/exact_match", metrics.get("eval/reward", float("nan")))
+
+
 def format_summary(summary: dict, run_dir: Path) -> str:
-    keys = ["eval/exact_match"] + sorted(k for k in summary if k.startswith("eval/")
-                                         and k != "eval/exact_match") + ["steps", "wall_seconds"]
+    first = [k for k in ("eval/exact_match",) if k in summary]
+    keys = first + sorted(k for k in summary if k.startswith("eval/") and k not in first) + \
+        ["steps", "wall_seconds"]
     width = max(len(k) for k in keys)
     lines = ["", "summary"] + [
         f"  {k:<{width}}  {summary[k]:.4f}" if isinstance(summary[k], float)

@@ -11,10 +11,12 @@ masked out of attention, and position ids count real tokens only (0 at a prompt'
 so a prompt's distribution does not depend on how long its batch mates are.
 
 Shapes: B prompts, G samples each, N = B*G rows, L prompt columns, T response tokens, V vocab.
-Responses are padded with the pad id after EOS; response_mask is 1 up to and including EOS.
+Responses are padded with the pad id after EOS; response_mask is 1 up to and including EOS (or
+the token that completed a stop string).
 """
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +51,7 @@ class PromptBatch:
 class TextRollout(Rollout):
     """A Rollout plus what only a text policy knows."""
 
-    logp: Tensor  # (B, G, T) log π(token) at temperature 1 without top-k/top-p, 0 on padding
+    logp: Tensor  # (B, G, T) log π(token) at the policy temperature, before top-k/top-p; 0 on pad
     truncated: Tensor  # (B, G) bool: no EOS within max_new_tokens
     texts: list[list[str]]  # B lists of G decoded responses, EOS and padding removed
 
@@ -89,16 +91,20 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
 class HFPolicy(nn.Module):
     """An AutoModelForCausalLM and its tokenizer, with sample(...) and logprobs(...).
 
-    Dropout is left as the model config sets it; RL ratios assume a deterministic forward pass,
-    so use models with dropout 0 (Llama and Qwen2 default to it).
+    π is the model's distribution at `temperature`: sampling and log-probs use the same scaled
+    logits, so the ratio and the KL compare the distribution that actually sampled (top-k and
+    top-p truncate sampling only). The wrapped model always stays in eval mode: RL ratios assume
+    a deterministic forward pass, and dropout would make π_old and π differ at equal weights.
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
-                 top_p: float = 1.0, add_special_tokens: bool = True) -> None:
+                 top_p: float = 1.0, temperature: float = 1.0, stop: Sequence[str] = (),
+                 add_special_tokens: bool = True, autocast: torch.dtype | None = None) -> None:
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.top_k, self.top_p = max_new_tokens, top_k, top_p
-        self.add_special_tokens = add_special_tokens
+        self.temperature, self.stop = temperature, tuple(stop)
+        self.add_special_tokens, self.autocast = add_special_tokens, autocast
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos = {eos} if isinstance(eos, int) else set(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -113,16 +119,37 @@ class HFPolicy(nn.Module):
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
+    def train(self, mode: bool = True) -> "HFPolicy":
+        super().train(mode)
+        self.model.eval()  # dropout stays off (see the class docstring)
+        return self
+
     @classmethod
-    def from_pretrained(cls, path_or_name: str, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", trust_remote_code: bool = False,
-                        **kwargs) -> "HFPolicy":
-        """Load a local directory or hub name; kwargs are HFPolicy's sampling settings."""
-        tokenizer = AutoTokenizer.from_pretrained(path_or_name,
-                                                  trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
-        return cls(model.to(device), tokenizer, **kwargs)
+    def from_pretrained(cls, path_or_name: str, dtype: str = "auto", device: str = "auto",
+                        trust_remote_code: bool = False, **kwargs) -> "HFPolicy":
+        """Load a local directory or hub name; kwargs are HFPolicy's sampling settings.
+
+        dtype auto: float32 weights, with bfloat16 autocast on a GPU (the optimizer keeps fp32
+        master weights); bfloat16: bfloat16 weights; float32: no autocast anywhere.
+        """
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path_or_name,
+                                                      trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                path_or_name, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
+                trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise FileNotFoundError(f"cannot load model {path_or_name!r}: {err}. Give a local "
+                                    "directory (lmrl init-model makes one) or a hub name") from err
+        autocast = torch.bfloat16 if dtype == "auto" and str(device).startswith("cuda") else None
+        return cls(model.to(device), tokenizer, autocast=autocast, **kwargs)
+
+    def save_pretrained(self, out_dir) -> None:
+        """Model (safetensors) and tokenizer, loadable with from_pretrained."""
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
 
     @property
     def device(self) -> torch.device:
@@ -148,20 +175,24 @@ class HFPolicy(nn.Module):
                  ) -> Tensor:
         """Logits of the last `logits_to_keep` columns; position ids are those of input_ids."""
         positions = position_ids(attention_mask)[:, -input_ids.shape[1]:]
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=positions, use_cache=cache is not None,
-                         logits_to_keep=logits_to_keep, **{self._cache_kwarg: cache})
-        return out.logits
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=positions, use_cache=cache is not None,
+                             logits_to_keep=logits_to_keep, **{self._cache_kwarg: cache})
+        return out.logits.float() / self.temperature
 
     @torch.no_grad()
     def sample(self, prompts: "list[str] | PromptBatch", num_samples: int,
-               generator: torch.Generator | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, temperature: float | None = None,
                max_new_tokens: int | None = None, top_k: int | None = None,
                top_p: float | None = None) -> TextRollout:
-        """G = num_samples responses per prompt; temperature 0 is greedy. -> (B, G, T).
+        """G = num_samples responses per prompt. -> (B, G, T).
 
-        The prompt is encoded once per prompt and its KV cache repeated G times; then one forward
-        pass per new token over all N rows, until every row has emitted EOS or max_new_tokens.
+        temperature None samples π (the policy's own temperature), 0 is greedy, any other value
+        samples at that temperature. The prompt is encoded once per prompt and its KV cache
+        repeated G times; then one forward pass per new token over all N rows, until every row
+        has emitted EOS, completed a stop string, or reached max_new_tokens.
         """
         batch = self.encode(prompts)
         B, G = len(batch), num_samples
@@ -170,32 +201,49 @@ class HFPolicy(nn.Module):
         top_p = self.top_p if top_p is None else top_p
         if max_new < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
+        # The logits are already divided by the policy's temperature.
+        scale = 1.0 if temperature is None else temperature / self.temperature
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(batch.input_ids, batch.attention_mask, cache, 1)[:, -1]  # (B, V)
         cache.batch_repeat_interleave(G)
-        logits = logits.float().repeat_interleave(G, dim=0)  # (N, V)
+        logits = logits.repeat_interleave(G, dim=0)  # (N, V)
         mask = batch.attention_mask.repeat_interleave(G, dim=0)  # (N, L + t)
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
-        tokens, logps = [], []
+        tokens, logps, alive = [], [], []
         for t in range(max_new):
-            token = choose_tokens(logits, temperature, top_k, top_p, generator)  # (N,)
+            token = choose_tokens(logits, scale, top_k, top_p, generator)  # (N,)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+            alive.append(~done)
             tokens.append(token.masked_fill(done, self.pad_id))
             logps.append(logp.masked_fill(done, 0.0))
             done = done | torch.isin(token, self.eos_ids)
+            if self.stop:
+                done = done | self._completes_stop(tokens, done)
             if t == max_new - 1 or bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._forward(tokens[-1][:, None], mask, cache, 1)[:, -1].float()
-        responses = torch.stack(tokens, dim=1)  # (N, T)
-        response_mask = self.response_mask(responses)
+            logits = self._forward(tokens[-1][:, None], mask, cache, 1)[:, -1]
+        responses = torch.stack(tokens, dim=1).reshape(B, G, -1)  # (B, G, T)
+        response_mask = torch.stack(alive, dim=1).float().reshape(B, G, -1)
         return TextRollout(
-            responses=responses.reshape(B, G, -1),
-            response_mask=response_mask.reshape(B, G, -1),
+            responses=responses, response_mask=response_mask,
             logp=torch.stack(logps, dim=1).reshape(B, G, -1),
             truncated=~done.reshape(B, G),
-            texts=self.decode(responses.reshape(B, G, -1), response_mask.reshape(B, G, -1)),
+            texts=self.decode(responses, response_mask),
         )
+
+    def _completes_stop(self, tokens: list[Tensor], done: Tensor) -> Tensor:
+        """Rows still running whose text now contains a stop string. (N,) bool."""
+        running = (~done).nonzero().squeeze(-1)
+        hit = torch.zeros_like(done)
+        if len(running) == 0:
+            return hit
+        rows = torch.stack(tokens, dim=1)[running].tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False)
+        for i, text in zip(running.tolist(), texts, strict=True):
+            hit[i] = any(s in text for s in self.stop)
+        return hit
 
     def response_mask(self, responses: Tensor) -> Tensor:
         """1.0 up to and including the first EOS, 0 after it. (..., T) -> (..., T)."""
@@ -230,7 +278,7 @@ class HFPolicy(nn.Module):
                                     mask.long()], dim=1)
         # Column j predicts token j+1: the response's T tokens are predicted by the T columns
         # ending one before the last.
-        logits = self._forward(input_ids, attention_mask, None, T + 1)[:, :-1].float()  # (N,T,V)
+        logits = self._forward(input_ids, attention_mask, None, T + 1)[:, :-1]  # (N, T, V)
         logp = logits.gather(-1, responses[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
         logp = (logp * mask).reshape(B, G, T)
         entropy = None

@@ -1,6 +1,45 @@
-"""Tasks: a prompt source, reward functions and an evaluation, one file per task."""
+"""Tasks: a prompt source, reward functions and an evaluation, one file per task.
+
+`build_task` maps the config's task group to a task object. Text tasks are imported lazily, so
+the toy task never needs the language-model dependencies.
+"""
 
 from lmrl.tasks.sort import REWARDS as SORT_REWARDS
 from lmrl.tasks.sort import SortTask, evaluate_sort
 
-__all__ = ["SORT_REWARDS", "SortTask", "evaluate_sort"]
+__all__ = ["SORT_REWARDS", "SortTask", "build_task", "evaluate_sort"]
+
+
+def build_task(t):
+    """TaskConfig -> SortTask or a TextTask (with any extra reward functions appended)."""
+    if t.task == "sort":
+        return SortTask(n=t.n, V=t.V, repeats=t.repeats, prompts=t.prompts,
+                        train_frac=t.train_frac, heldout_size=t.heldout_size,
+                        constants_in_train=t.constants_in_train, split_seed=t.split_seed,
+                        reward=t.reward)
+    from lmrl.tasks.text import load_reward_fn
+
+    split = {"heldout_size": t.heldout_size, "split_seed": t.split_seed}
+    if t.task == "sort_text":
+        from lmrl.tasks.sort_text import SortTextTask
+
+        task = SortTextTask(n=t.n, V=t.V, repeats=t.repeats, reward=t.reward, **split)
+    elif t.task in ("addition", "multiplication"):
+        from lmrl.tasks.arithmetic import ArithmeticTask
+
+        task = ArithmeticTask(op="+" if t.task == "addition" else "*", digits=t.digits, **split)
+    elif t.task == "countdown":
+        from lmrl.tasks.countdown import CountdownTask
+
+        task = CountdownTask(num_numbers=t.n, max_number=t.V, **split)
+    elif t.task == "gsm8k":
+        from lmrl.tasks.gsm8k import GSM8KTask
+
+        task = GSM8KTask(data=t.data, heldout_data=t.heldout_data, **split)
+    else:
+        from lmrl.tasks.user import UserTask
+
+        return UserTask(data=t.data, reward_fns=list(t.reward_fns),
+                        heldout_data=t.heldout_data, **split)
+    task.rewards = task.rewards + [load_reward_fn(spec) for spec in t.reward_fns]
+    return task

@@ -185,9 +185,19 @@ class SortTask:
             clash = torch.isin(encode(prompts, self.V), self._heldout_codes)
         return prompts
 
+    correctness = "exact_match"
+
     def rewards(self, prompts: Tensor, responses: Tensor, name: str | None = None) -> Tensor:
         """Reward of each response. (B, n), (B, G, n) -> (B, G)."""
         return REWARDS[name or self.reward](prompts, responses)
+
+    def score_rollout(self, prompts: Tensor, rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training reward (B, G) and every reward of the seed, for logging."""
+        table = {name: fn(prompts, rollout.responses) for name, fn in REWARDS.items()}
+        return table[self.reward], table
+
+    def correct(self, table: dict[str, Tensor]) -> Tensor:
+        return table["exact_match"]
 
     @property
     def response_length(self) -> int:

@@ -1,0 +1,114 @@
+"""Small causal LMs from scratch with a char-level tokenizer fitted to a task (lmrl init-model).
+
+A task's text uses a few dozen characters, so one token per character keeps the vocabulary
+tiny (V ≈ 15 for digit tasks) and the model's whole budget goes to the transformer. The model is
+a standard Qwen2 or Llama architecture saved with `save_pretrained`, so every tool that loads a
+HF directory (HFPolicy.from_pretrained, lmrl sft, lmrl train) loads it unchanged.
+
+The tokenizer is a byte-level BPE with no merges: one token per UTF-8 byte, i.e. one per
+character for ASCII text. That format, rather than a WordLevel vocabulary, is deliberate:
+transformers 5 loads the tokenizer of a `qwen2` model as `Qwen2Tokenizer` whatever class
+tokenizer_config.json names, and Qwen2Tokenizer rebuilds a byte-level BPE pipeline from the
+saved vocabulary and merges. A WordLevel tokenizer reloaded that way loses every space and
+newline ("12 + 3" -> "12+3"); a byte-level vocabulary reloads to the same ids. For a `llama`
+model AutoTokenizer keeps the saved tokenizer.json (class PreTrainedTokenizerFast, also named
+TokenizersBackend). tests/test_modelzoo.py checks both paths.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"  # ids 0, 1, 2
+ARCHS = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+
+
+def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """One token per byte of `alphabet`'s characters (per character for ASCII), after <pad>,
+    <eos> and <unk>; decode(encode(s)) == s for any text written in the alphabet.
+
+    Example: char_tokenizer("\\n +0123456789=") has V = 18 tokens; "1 + 2" -> 5 ids.
+    Normalizer and pre-tokenizer are the ones Qwen2Tokenizer rebuilds (NFC, byte level), so the
+    ids do not depend on which class transformers reloads it as. A character outside the
+    alphabet becomes <unk> here and is dropped by Qwen2Tokenizer: fit the alphabet to the task
+    (task_alphabet) rather than rely on either.
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    # Each byte's printable stand-in (GPT-2's map: " " is "Ġ", "\n" is "Ċ") is one token.
+    symbols = sorted(set("".join(piece for piece, _ in byte_level.pre_tokenize_str(alphabet))))
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK] + symbols)}
+    tok = Tokenizer(models.BPE(vocab, [], unk_token=UNK, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+                                   unk_token=UNK)
+
+
+def task_alphabet(task, num_examples: int = 2000, seed: int = 0, extra: str = "") -> str:
+    """Sorted characters of the held-out prompts and demonstrations, of `num_examples` sampled
+    training prompts and their demonstrations, and of `extra`."""
+    examples = list(task.heldout) + task.sample_prompts(num_examples,
+                                                        torch.Generator().manual_seed(seed))
+    chars = set(extra)
+    for ex in examples:
+        chars.update(ex["prompt"])
+        chars.update(task.demonstration(ex))
+    return "".join(sorted(chars))
+
+
+def init_model(out_dir: str | Path, alphabet: str, arch: str = "qwen2", hidden_size: int = 128,
+               num_layers: int = 4, num_heads: int = 4, num_kv_heads: int | None = None,
+               intermediate_size: int | None = None, max_position_embeddings: int = 512,
+               seed: int = 0) -> int:
+    """Build a randomly initialised `arch` model and its char tokenizer, save both to out_dir
+    (config.json, generation_config.json, model.safetensors, tokenizer files, lmrl_init.json),
+    and return the parameter count.
+
+    num_kv_heads None is num_heads (no grouped-query attention); intermediate_size None is
+    2 * hidden_size (Llama uses ~2.7x; 2x keeps the default model at ~0.66M parameters).
+    Embeddings are tied to the output layer, dropout is 0 (RL ratios need a deterministic
+    forward pass) and there is no BOS token: a prompt is its characters, nothing else.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+    tokenizer = char_tokenizer(alphabet)
+    config_cls, model_cls = ARCHS[arch]
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        attention_dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    gen.bos_token_id = None
+    num_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    record = {"arch": arch, "alphabet": alphabet, "vocab_size": len(tokenizer),
+              "hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
+              "num_kv_heads": config.num_key_value_heads,
+              "intermediate_size": config.intermediate_size,
+              "max_position_embeddings": max_position_embeddings, "seed": seed,
+              "num_parameters": num_params}
+    (out_dir / "lmrl_init.json").write_text(json.dumps(record, indent=2) + "\n")
+    return num_params

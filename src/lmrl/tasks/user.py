@@ -1,0 +1,107 @@
+"""A task from the user's own data and reward functions.
+
+Rows come from a .jsonl or .parquet file (`load_examples`): a string "prompt" column, and any
+other columns, which every reward function receives as keyword lists over the N = B*G flat rows
+(TRL's convention). Reward functions are given as 'module:function[=weight]' specs; the module
+must be importable (on sys.path). The training reward is their weighted sum.
+
+Held-out rows are the heldout_data file when given, else a random split of heldout_size rows
+(seeded by split_seed). Training rows never share a prompt with a held-out row: rows of `data`
+whose prompt is held out are left out of `train` (`num_overlap_dropped` counts them).
+
+Correctness (eval/exact_match) is the reward named "correct", else the one named "exact_match",
+else there is none. It must return 0 or 1.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lmrl.tasks.text import Example, RewardError, TextTask, load_examples, load_reward_fn
+
+CORRECTNESS_NAMES = ("correct", "exact_match")
+DEMONSTRATION_COLUMNS = ("completion", "answer")
+RESERVED_COLUMNS = ("prompts", "completions")  # the reward functions' positional arguments
+
+
+@dataclass
+class UserTask(TextTask):
+    data: str
+    reward_fns: list[str]
+    heldout_data: str | None = None
+    heldout_size: int = 200  # used only without heldout_data; then the whole file is held out
+    split_seed: int = 0
+    max_new_tokens: int = 128
+
+    name = "user"
+
+    def __post_init__(self) -> None:
+        if not self.reward_fns:
+            raise ValueError("a user task needs at least one reward function, given as "
+                             "'module:function[=weight]'")
+        self.rewards = [load_reward_fn(spec) for spec in self.reward_fns]
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward functions {names} share a name; each reward is logged "
+                             "under its function's name, so they must differ")
+        self.correctness = next((c for c in CORRECTNESS_NAMES if c in names), None)
+        rows = load_examples(self.data)
+        if self.heldout_data is None:
+            heldout, train = self._split(rows)
+        else:
+            heldout, train = load_examples(self.heldout_data), rows
+        columns = _check_columns(rows, self.data, set(rows[0]))
+        if self.heldout_data is not None:
+            _check_columns(heldout, self.heldout_data, columns)
+        held_prompts = {ex["prompt"] for ex in heldout}
+        self.heldout = heldout
+        self.train = [ex for ex in train if ex["prompt"] not in held_prompts]
+        self.num_overlap_dropped = len(train) - len(self.train)
+        if not self.train:
+            raise ValueError(f"every prompt of {self.data} is held out; no training rows remain")
+
+    def _split(self, rows: list[Example]) -> tuple[list[Example], list[Example]]:
+        """(held-out rows, training rows): a random heldout_size of them, seeded."""
+        if not 1 <= self.heldout_size <= len(rows) - 1:
+            raise ValueError(f"heldout_size={self.heldout_size} must be in 1..{len(rows) - 1}: "
+                             f"{self.data} has {len(rows)} rows and at least one must remain "
+                             "for training (or pass heldout_data)")
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.split_seed))
+        held = set(order[:self.heldout_size].tolist())
+        return ([rows[i] for i in order[:self.heldout_size].tolist()],
+                [row for i, row in enumerate(rows) if i not in held])
+
+    def demonstration(self, example: Example) -> str:
+        """The row's "completion", else its "answer" (as a string)."""
+        for column in DEMONSTRATION_COLUMNS:
+            if example.get(column) is not None:
+                return str(example[column])
+        raise NotImplementedError(f"no demonstration for prompt {example['prompt']!r}: supervised "
+                                  "training needs a 'completion' or 'answer' column in the data")
+
+    def correct(self, table: dict[str, Tensor]) -> Tensor:
+        """The correctness reward's table (B, G), checked to be 0/1: a user's 'correct' could be
+        a score, and eval/exact_match would then silently mean something else."""
+        values = table[self.correctness]
+        bad = values[(values != 0) & (values != 1)]
+        if len(bad):
+            raise RewardError(f"reward {self.correctness!r} is the task's correctness "
+                              f"(eval/exact_match) and must return 0 or 1; it returned "
+                              f"{bad[0].item()}")
+        return values
+
+
+def _check_columns(rows: list[Example], path: str | Path, columns: set[str]) -> set[str]:
+    """Every row has the same `columns` (each column is passed whole to the rewards)."""
+    reserved = columns.intersection(RESERVED_COLUMNS)
+    if reserved:
+        raise ValueError(f"{path}: column(s) {sorted(reserved)} clash with the reward functions' "
+                         "arguments (prompts, completions); rename them")
+    for i, row in enumerate(rows):
+        if set(row) != columns:
+            raise ValueError(f"{path}: row {i} has columns {sorted(row)}, expected "
+                             f"{sorted(columns)}; every row needs the same columns, since reward "
+                             "functions receive each column for the whole batch")
+    return columns
