@@ -79,7 +79,7 @@ def test_init_model_writes_a_complete_directory(model_dir):
 
 
 def test_hf_policy_loads_the_directory_and_samples(model_dir):
-    policy = HFPolicy.from_pretrained(str(model_dir), max_new_tokens=6)
+    policy = HFPolicy.from_pretrained(str(model_dir), max_new_tokens=6, device="cpu")
     assert policy.pad_id == 0 and policy.eos_ids.tolist() == [1]
     batch = policy.encode(["1 + 2 =", "3="])
     assert batch.attention_mask.sum(-1).tolist() == [7, 2]  # no BOS, no lost space

@@ -63,8 +63,12 @@ def model_dir(request, tmp_path_factory):
     return path
 
 
-def load(model_dir) -> HFPolicy:
-    return HFPolicy.from_pretrained(str(model_dir), max_new_tokens=ReverseTask.max_new_tokens)
+CPU = {"device": "cpu", "dtype": "float32"}  # the manual forward passes below run in fp32
+
+
+def load(model_dir, **kwargs) -> HFPolicy:
+    return HFPolicy.from_pretrained(str(model_dir), max_new_tokens=ReverseTask.max_new_tokens,
+                                    **CPU, **kwargs)
 
 
 def fit(policy: HFPolicy, **kwargs) -> tuple[dict, list[tuple[int, dict]]]:
@@ -136,6 +140,11 @@ def test_stop_at_needs_a_correctness_reward(model_dir):
         sft(load(model_dir), NoCorrectness(), steps=1, stop_at=0.5, progress=False)
 
 
+def test_sft_refuses_a_tempered_policy(model_dir):
+    with pytest.raises(ValueError, match="temperature"):
+        sft(load(model_dir, temperature=0.7), ReverseTask(), steps=1, progress=False)
+
+
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
     assert lr_at(0, 100, 1e-3, 10) == pytest.approx(1e-4)
     assert lr_at(9, 100, 1e-3, 10) == pytest.approx(1e-3)
@@ -149,7 +158,7 @@ def test_run_sft_writes_a_directory_that_reloads_to_the_same_outputs(model_dir, 
     task = ReverseTask()
     settings = {"steps": 40, "batch_size": 64, "lr": 1e-2, "warmup_steps": 5, "eval_every": 10,
                 "progress": False}
-    summary = run_sft(model_dir, task, tmp_path, **settings)
+    summary = run_sft(model_dir, task, tmp_path, **CPU, **settings)
     assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl",
             "summary.json"} <= {p.name for p in tmp_path.iterdir()}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -158,7 +167,7 @@ def test_run_sft_writes_a_directory_that_reloads_to_the_same_outputs(model_dir, 
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["sft/steps"] == 40 and summary["settings"]["lr"] == 1e-2
 
-    reloaded = HFPolicy.from_pretrained(str(tmp_path), max_new_tokens=task.max_new_tokens)
+    reloaded = load(tmp_path)
     assert reloaded.tokenizer.decode(reloaded.tokenizer(" 1 2= ")["input_ids"]) == " 1 2= "
     metrics, _ = evaluate_text(task, reloaded)
     assert metrics["eval/exact_match"] == summary["eval/exact_match"] > 0.2

@@ -69,7 +69,7 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
         warmup_steps: int = 20, weight_decay: float = 0.0, grad_clip: float = 1.0,
         eval_every: int = 50, eval_examples: int | None = 256, stop_at: float | None = None,
         seed: int = 0, log: Callable[[int, dict[str, float]], None] | None = None,
-        progress: bool = True) -> dict[str, float]:
+        progress: bool = True) -> dict:
     """Train `policy` in place on demonstrations; returns the last step's metrics with the last
     evaluation's (eval/*), plus sft/steps and sft/stopped_early.
 
@@ -78,6 +78,10 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     evaluation whose eval/exact_match >= stop_at (possibly step 0). `log(step, metrics)` gets
     every step's metrics. grad_clip 0 turns clipping off.
     """
+    if policy.temperature != 1.0:
+        raise ValueError(f"SFT fits the model's own distribution, but the policy scales its "
+                         f"logits by temperature {policy.temperature}; load it with "
+                         "temperature=1.0")
     if stop_at is not None and task.correctness is None:
         raise ValueError(f"stop_at needs eval/exact_match, but task {task.name!r} has no "
                          "correctness reward")
@@ -134,26 +138,21 @@ def sft_step(policy: HFPolicy, task: TextTask, optimizer: torch.optim.Optimizer,
             "train/lr": lr, "train/response_tokens": float(response_mask.sum())}
 
 
-def save(policy: HFPolicy, out_dir: str | Path) -> None:
-    """Model (safetensors) and tokenizer in a directory HFPolicy.from_pretrained loads."""
-    policy.model.save_pretrained(out_dir)
-    policy.tokenizer.save_pretrained(out_dir)
-
-
 def run_sft(model_path: str | Path, task: TextTask, out_dir: str | Path,
-            device: str | torch.device = "cpu", **sft_kwargs) -> dict:
+            device: str = "auto", dtype: str = "auto", **sft_kwargs) -> dict:
     """Load `model_path`, fine-tune it on `task` (sft's keyword arguments), save the model to
-    out_dir with metrics.jsonl (one line per step) and summary.json; returns the summary."""
+    out_dir with metrics.jsonl (one line per step) and summary.json; returns the summary.
+    device and dtype are HFPolicy.from_pretrained's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    policy = HFPolicy.from_pretrained(str(model_path), device=device,
+    policy = HFPolicy.from_pretrained(str(model_path), dtype=dtype, device=device,
                                       max_new_tokens=task.max_new_tokens)
     logger = MetricsLogger(out_dir)
     try:
         final = sft(policy, task, log=logger.log, **sft_kwargs)
     finally:
         logger.close()
-    save(policy, out_dir)
+    policy.save_pretrained(out_dir)
     summary = {**final, "model_path": str(model_path), "task": task.name,
                "out_dir": str(out_dir),
                "settings": {k: v for k, v in sft_kwargs.items() if k != "progress"}}
