@@ -96,6 +96,8 @@ class InitModelArgs:
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
+    intermediate_size: int | None = None
+    """MLP width (default 2 × hidden_size)."""
     alphabet: str = "task"
     """task: the characters of the task's prompts and answers; ascii: all printable ASCII."""
     seed: int = 0
@@ -113,10 +115,14 @@ def cmd_init_model(args: list[str]) -> None:
     if a.alphabet not in ("task", "ascii"):
         raise ConfigError(f"--alphabet {a.alphabet!r}: valid: task, ascii")
     task = text_task(a.task, model=a.out)
-    alphabet = task_alphabet(task) if a.alphabet == "task" else string.printable
-    init_model(a.out, alphabet, arch=a.arch, hidden_size=a.hidden_size, num_layers=a.layers,
-               num_heads=a.heads, seed=a.seed)
-    print(f"wrote {a.out}")
+    alphabet = task_alphabet(task) if a.alphabet == "task" else string.printable.strip("\x0b\x0c\r")
+    try:
+        count = init_model(a.out, alphabet, arch=a.arch, hidden_size=a.hidden_size,
+                           num_layers=a.layers, num_heads=a.heads,
+                           intermediate_size=a.intermediate_size, seed=a.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    print(f"wrote {a.out}: {a.arch}, {count:,} parameters, alphabet {alphabet!r}")
 
 
 @dataclass(frozen=True)
@@ -129,13 +135,21 @@ class SFTArgs:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
+    """Peak learning rate (AdamW, linear warm-up then cosine to 0)."""
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
     eval_every: int = 50
+    eval_examples: int = 256
+    """Held-out examples per evaluation."""
     stop_at: float | None = None
     """Stop once held-out exact match reaches this (e.g. 0.3: a warm start that sometimes
     succeeds, as a pretrained model would)."""
     seed: int = 0
     threads: int = 0
     """torch threads (0 = auto)."""
+    device: str = "auto"
+    progress: bool = True
 
 
 def cmd_sft(args: list[str]) -> None:
@@ -147,9 +161,13 @@ def cmd_sft(args: list[str]) -> None:
                  config=(tyro.conf.OmitArgPrefixes,))
     configure_threads(a.threads, "lm")
     task = text_task(a.task, model=a.model)
-    summary = run_sft(a.model, task, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      eval_every=a.eval_every, stop_at=a.stop_at, seed=a.seed)
-    print(json.dumps(summary, indent=2))
+    summary = run_sft(a.model, task, a.out, device=a.device, steps=a.steps,
+                      batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+                      weight_decay=a.weight_decay, grad_clip=a.grad_clip,
+                      eval_every=a.eval_every, eval_examples=a.eval_examples or None,
+                      stop_at=a.stop_at, seed=a.seed, progress=a.progress)
+    keys = [k for k in summary if k.startswith(("eval/", "sft/"))]
+    print("\n".join(f"  {k}  {summary[k]}" for k in keys) + f"\nsaved to {a.out}")
 
 
 @dataclass(frozen=True)

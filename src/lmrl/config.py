@@ -303,8 +303,8 @@ def _check_model_task(cfg: Config) -> None:
         raise ConfigError(f"task={t.task!r} is a text task and needs a causal LM: pass --model DIR "
                           "(lmrl init-model builds a tiny one) or a hub name")
     if not cfg.is_toy and t.task == "sort":
-        raise ConfigError(f"task=sort is the toy model's tensor task; with --model {cfg.policy.model}"
-                          " use --task sort_text")
+        raise ConfigError(f"task=sort is the toy model's tensor task; with --model "
+                          f"{cfg.policy.model} use --task sort_text")
     if t.task in ("gsm8k", "user") and t.data is None:
         raise ConfigError(f"task={t.task} needs --data FILE")
     if t.task == "user" and not t.reward_fns:
