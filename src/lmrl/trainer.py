@@ -92,9 +92,16 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 
 def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
+    """checkpoint.pt (everything, to resume), and the policy in its loadable form: toy weights
+    as model.safetensors, a causal LM as model/ (save_pretrained, for lmrl eval / --model)."""
     tmp = run_dir / "checkpoint.pt.tmp"
     torch.save({"state": state.state_dict(), "config": cfg.to_dict()}, tmp)
     tmp.replace(run_dir / "checkpoint.pt")  # atomic: a crash never leaves half a checkpoint
+    if cfg.is_toy:
+        save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
+                  run_dir / "model.safetensors")
+    else:
+        state.policy.save_pretrained(run_dir / "model")
 
 
 # What a resumed run may change: how long it runs and how it logs. Anything else would make the
@@ -185,11 +192,6 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task=None,
 def finish(state: TrainState, task, cfg: Config, run_dir: Path, wall: float,
            last_eval: dict[str, float]) -> dict:
     save_checkpoint(state, cfg, run_dir)
-    if cfg.is_toy:
-        save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
-                  run_dir / "model.safetensors")
-    else:
-        state.policy.save_pretrained(run_dir / "model")
     final = last_eval or evaluate(state, task, cfg)[0]
     summary = {**final, "steps": state.step, "wall_seconds": wall,
                "run_dir": str(run_dir)}

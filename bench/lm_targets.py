@@ -1,0 +1,111 @@
+"""Measure the causal-LM targets (issue #3): init-model -> sft -> GRPO through the CLI, exactly as
+a user runs it, and write bench/results/lm_targets.{jsonl,md}.
+
+Each target is judged on the GRPO run's *last three* held-out evaluations (mean greedy exact
+match), within a wall-clock limit of GRPO (evaluation time included):
+
+  sort5   sort_text n=5, V=10: SFT to 0.2-0.6, then GRPO >= 0.98 within 3 minutes
+  sort8   sort_text n=8, V=10: >= 0.95 within 10 minutes
+  add3    3-digit + 3-digit addition: >= 0.95, SFT and GRPO each within 10 minutes
+  mul2    2-digit x 2-digit multiplication: report (stretch >= 0.8)
+
+GRPO uses lmrl's default RL settings; only the run length, the evaluation cadence and the
+held-out size are set here.
+
+    .venv/bin/python bench/lm_targets.py --only sort5 --seeds 0 1 2 [--threads 1]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+OUT = Path(__file__).parent / "results"
+LMRL = [sys.executable, "-m", "lmrl.cli"]
+
+
+@dataclass(frozen=True)
+class Target:
+    task: list[str]
+    sft: list[str]  # lmrl sft flags
+    grpo: list[str]  # lmrl train flags
+    limit_s: float  # GRPO time limit
+    goal: float
+    init: tuple[str, ...] = ()
+
+
+TARGETS = {
+    "sort5": Target(["--task", "sort_text", "--n", "5", "--heldout-size", "500"],
+                    ["--steps", "1000", "--eval-every", "10", "--stop-at", "0.3"],
+                    ["--steps", "150", "--eval-every", "10"], 180, 0.98),
+    "sort8": Target(["--task", "sort_text", "--n", "8", "--heldout-size", "500"],
+                    ["--steps", "3000", "--eval-every", "25", "--stop-at", "0.3"],
+                    ["--steps", "400", "--eval-every", "20"], 600, 0.95),
+    "add3": Target(["--task", "addition", "--digits", "3", "--heldout-size", "500"],
+                   ["--steps", "6000", "--eval-every", "100", "--stop-at", "0.5"],
+                   ["--steps", "400", "--eval-every", "20"], 600, 0.95),
+    "mul2": Target(["--task", "multiplication", "--digits", "2", "--heldout-size", "500"],
+                   ["--steps", "9000", "--eval-every", "250", "--stop-at", "0.5"],
+                   ["--steps", "400", "--eval-every", "20"], 600, 0.8),
+}
+
+
+def lmrl(args: list[str], threads: int) -> float:
+    """Run one CLI command; returns its wall seconds."""
+    cmd = LMRL + args + ["--threads", str(threads)] * (args[0] != "init-model")
+    print("$ lmrl " + " ".join(args), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def last_evals(run_dir: Path, k: int = 3) -> list[tuple[int, float, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval/exact_match"], r.get("time/elapsed_seconds", 0.0))
+             for r in rows if "eval/exact_match" in r]
+    return evals[-k:]
+
+
+def measure(name: str, seed: int, threads: int, root: Path) -> dict:
+    t = TARGETS[name]
+    base = root / f"{name}_seed{seed}"
+    init, sft, run = base / "init", base / "sft", base / "grpo"
+    lmrl(["init-model", "--out", str(init), "--seed", str(seed), *t.task, *t.init], threads)
+    sft_s = lmrl(["sft", "--model", str(init), "--out", str(sft), "--seed", str(seed),
+                  "--no-progress", *t.task, *t.sft], threads)
+    sft_em = json.loads((sft / "summary.json").read_text())["eval/exact_match"]
+    grpo_s = lmrl(["train", "--model", str(sft), "--run-dir", str(run), "--overwrite",
+                   "--seed", str(seed), "--time-limit", str(t.limit_s), "--no-progress",
+                   *t.task, *t.grpo], threads)
+    summary = json.loads((run / "summary.json").read_text())
+    tail = last_evals(run)
+    value = sum(em for _, em, _ in tail) / len(tail)
+    return {"target": name, "seed": seed, "threads": threads, "sft_exact_match": sft_em,
+            "sft_seconds": sft_s, "grpo_exact_match_last3": value,
+            "last3": [(s, round(em, 4)) for s, em, _ in tail],
+            "grpo_steps": summary["steps"], "grpo_train_seconds": summary["wall_seconds"],
+            "grpo_process_seconds": grpo_s, "goal": t.goal, "limit_s": t.limit_s,
+            "met": value >= t.goal and summary["wall_seconds"] <= t.limit_s + 30}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--root", default=str(OUT / "runs"))
+    parser.add_argument("--out", default=str(OUT / "lm_targets.jsonl"))
+    ns = parser.parse_args()
+    for name in ns.only:
+        for seed in ns.seeds:
+            result = measure(name, seed, ns.threads, Path(ns.root))
+            print(json.dumps(result), flush=True)
+            with open(ns.out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
