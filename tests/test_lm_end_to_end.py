@@ -79,3 +79,29 @@ def test_a_missing_model_directory_is_a_clear_error(tmp_path, capsys):
         main(["eval", "--model", str(tmp_path / "nope"), *TASK])
     assert exit_info.value.code == 2
     assert "cannot load model" in capsys.readouterr().err
+
+
+def test_user_data_with_a_module_function_reward_trains_end_to_end(tmp_path, monkeypatch):
+    rows = [{"prompt": f"{a}{b}=", "answer": str((a + b) % 10)} for a in range(6) for b in range(6)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "my_rewards.py").write_text(
+        "def correct(prompts, completions, answer, **columns):\n"
+        "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n"
+        "def short(prompts, completions, **columns):\n"
+        "    return [-len(c) / 10 for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = ["--task", "user", "--data", str(data), "--heldout-size", "6",
+            "--reward-fns", "my_rewards:correct", "my_rewards:short=0.5"]
+    main(["init-model", "--out", str(tmp_path / "init"), "--hidden-size", "32", "--layers", "1",
+          "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "init"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "2", "--B", "4", "--G", "2", "--max-new-tokens", "3", "--no-progress",
+          "--threads", "1", *task])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    step = rows[1]
+    # The training reward is the weighted sum of the two functions, each logged on its own.
+    assert step["train/reward_mean"] == pytest.approx(
+        step["train/reward_correct"] + 0.5 * step["train/reward_short"], abs=1e-5)
+    assert "eval/exact_match" in rows[0]  # a reward named `correct` is the correctness

@@ -56,6 +56,13 @@ def evaluate(state: TrainState, task, cfg: Config) -> tuple[dict[str, float], li
     return metrics, samples
 
 
+def _clip(text: str, width: int = 100, tail: bool = False) -> str:
+    """Long prompts show their end (where the question is), long completions their start."""
+    if len(text) <= width:
+        return text
+    return "…" + text[-width:] if tail else text[:width] + "…"
+
+
 class SampleLog:
     """samples.jsonl, plus the same completions on the console (above the progress bar)."""
 
@@ -69,8 +76,8 @@ class SampleLog:
             if self.echo:
                 rewards = " ".join(f"{k}={v:g}" for k, v in sample.items()
                                    if k not in ("prompt", "completion"))
-                tqdm.write(f"  [step {step}] {sample['prompt']!r} -> "
-                           f"{sample['completion']!r}  {rewards}")
+                tqdm.write(f"  [step {step}] {_clip(sample['prompt'], tail=True)!r} -> "
+                           f"{_clip(sample['completion'])!r}  {rewards}")
         self._file.flush()
 
     def close(self) -> None:

@@ -22,8 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.utils import logging as hf_logging
 
 from lmrl.policies.base import Rollout, entropy_from_logits
+
+
+# Loading and saving a small model is instant; transformers' own progress bars would only clutter
+# the run's console output (lmrl draws its own).
+hf_logging.disable_progress_bar()
 
 
 @dataclass
