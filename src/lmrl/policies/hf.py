@@ -26,7 +26,6 @@ from transformers.utils import logging as hf_logging
 
 from lmrl.policies.base import Rollout, entropy_from_logits
 
-
 # Loading and saving a small model is instant; transformers' own progress bars would only clutter
 # the run's console output (lmrl draws its own).
 hf_logging.disable_progress_bar()
