@@ -13,6 +13,7 @@ GRPO uses lmrl's default RL settings; only the run length, the evaluation cadenc
 held-out size are set here.
 
     .venv/bin/python bench/lm_targets.py --only sort5 --seeds 0 1 2 [--threads 1]
+    .venv/bin/python bench/lm_targets.py --report   # lm_targets.md and lm_targets.png
 """
 
 import argparse
@@ -39,17 +40,17 @@ class Target:
 
 TARGETS = {
     "sort5": Target(["--task", "sort_text", "--n", "5", "--heldout-size", "500"],
-                    ["--steps", "1000", "--eval-every", "10", "--stop-at", "0.3"],
+                    ["--steps", "1000", "--eval-every", "2", "--stop-at", "0.3"],
                     ["--steps", "150", "--eval-every", "10"], 180, 0.98),
     "sort8": Target(["--task", "sort_text", "--n", "8", "--heldout-size", "500"],
-                    ["--steps", "3000", "--eval-every", "25", "--stop-at", "0.3"],
+                    ["--steps", "3000", "--eval-every", "5", "--stop-at", "0.3"],
                     ["--steps", "400", "--eval-every", "20"], 600, 0.95),
     "add3": Target(["--task", "addition", "--digits", "3", "--heldout-size", "500"],
-                   ["--steps", "6000", "--eval-every", "100", "--stop-at", "0.5"],
-                   ["--steps", "400", "--eval-every", "20"], 600, 0.95),
+                   ["--steps", "6000", "--eval-every", "100", "--stop-at", "0.8"],
+                   ["--steps", "700", "--eval-every", "25"], 600, 0.95),
     "mul2": Target(["--task", "multiplication", "--digits", "2", "--heldout-size", "500"],
-                   ["--steps", "9000", "--eval-every", "250", "--stop-at", "0.5"],
-                   ["--steps", "400", "--eval-every", "20"], 600, 0.8),
+                   ["--steps", "8000", "--eval-every", "250", "--stop-at", "0.8"],
+                   ["--steps", "700", "--eval-every", "25"], 600, 0.8),
 }
 
 
@@ -91,6 +92,42 @@ def measure(name: str, seed: int, threads: int, root: Path) -> dict:
             "met": value >= t.goal and summary["wall_seconds"] <= t.limit_s + 30}
 
 
+def report(results_path: Path, root: Path) -> None:
+    """Markdown table of every measured run, and held-out exact match against GRPO seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(line) for line in results_path.read_text().splitlines()]
+    lines = ["| target | seed | SFT exact match (s) | GRPO last-3 exact match | GRPO steps (s) | "
+             "goal | met |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['target']} | {r['seed']} | {r['sft_exact_match']:.3f} "
+                     f"({r['sft_seconds']:.0f} s) | {r['grpo_exact_match_last3']:.3f} | "
+                     f"{r['grpo_steps']} ({r['grpo_train_seconds']:.0f} s) | >= {r['goal']} "
+                     f"in {r['limit_s']:.0f} s | {'yes' if r['met'] else 'no'} |")
+    results_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    names = list(dict.fromkeys(r["target"] for r in results))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for r in (r for r in results if r["target"] == name):
+            rows = [json.loads(line) for line in
+                    (root / f"{name}_seed{r['seed']}" / "grpo" / "metrics.jsonl").read_text()
+                    .splitlines()]
+            points = [(row.get("time/elapsed_seconds", 0.0), row["eval/exact_match"])
+                      for row in rows if "eval/exact_match" in row]
+            ax.plot(*zip(*points, strict=True), "o-", markersize=3, label=f"seed {r['seed']}")
+        ax.axhline(TARGETS[name].goal, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(f"{name}: GRPO from SFT")
+        ax.set_xlabel("GRPO wall seconds (2-core CPU)")
+        ax.set_ylabel("held-out exact match (greedy)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_path.with_suffix(".png"), dpi=100)
+    print(results_path.with_suffix(".md").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -98,7 +135,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--root", default=str(OUT / "runs"))
     parser.add_argument("--out", default=str(OUT / "lm_targets.jsonl"))
+    parser.add_argument("--report", action="store_true", help="only write the table and plot")
     ns = parser.parse_args()
+    if ns.report:
+        report(Path(ns.out), Path(ns.root))
+        return
     for name in ns.only:
         for seed in ns.seeds:
             result = measure(name, seed, ns.threads, Path(ns.root))

@@ -322,6 +322,10 @@ def lm_cfg(**groups) -> Config:
     ({"policy": {"model": "m"}, "task": {"task": "sort_text", "reward_fns": ["nocolon"]}},
      "module:function"),
     ({"log": {"log_samples": 2}}, "log.log_samples"),
+    ({"policy": {"model": "m", "stop": [""]}, "task": {"task": "sort_text"}}, "empty string"),
+    ({"policy": {"model": "m"}, "task": {"task": "user", "data": "d.jsonl", "reward_fns": ["m:f"],
+                                         "heldout_data": "h.jsonl", "heldout_size": 5}},
+     "task.heldout_size"),
 ])
 def test_lm_settings_that_cannot_work_fail_at_startup(groups, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -344,3 +348,24 @@ def test_describe_names_the_causal_lm_and_its_sampling():
     text = describe(lm_cfg(policy={"top_k": 5}))
     assert "causal LM" in text and "top_k=5" in text and "sort_text" in text
     assert "lr=0.0002" in text
+
+
+def test_reward_names_must_not_shadow_the_steps_reward_statistics(tmp_path, monkeypatch):
+    from lmrl.trainer import build_task
+
+    (tmp_path / "clash_rewards.py").write_text(
+        "def mean(prompts, completions, **kw):\n    return [0.0] * len(completions)\n"
+        "def positional(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec in ("clash_rewards:mean", "clash_rewards:positional"):
+        cfg = lm_cfg(task={"reward_fns": [spec], "n": 3, "V": 5, "heldout_size": 10})
+        with pytest.raises(ConfigError, match="unique and not one of"):
+            build_task(cfg)
+
+
+def test_text_tasks_use_their_own_heldout_size_unless_given():
+    from lmrl.trainer import build_task
+
+    assert len(build_task(lm_cfg(task={"task": "addition"})).heldout) == 500
+    assert len(build_task(lm_cfg(task={"task": "addition", "heldout_size": 7})).heldout) == 7
+    assert len(build_task(Config()).heldout) == 2000  # the toy's default

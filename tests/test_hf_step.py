@@ -57,12 +57,14 @@ def gradients(cfg: Config, k: int, extra_pad: int = 0) -> tuple[list[torch.Tenso
     state = build_state(cfg, policy)
     batch = fixed_batch(policy, state, extra_pad)
     state.optimizer.step = lambda: None  # keep the gradients, skip the update
-    _, diag = policy_update(state, cfg, batch.split(k), None,
-                            loss_denominator(batch.response_mask, cfg.algo.aggregation))
+    # As grpo_step does: the constant normaliser is the token budget, not the padded T.
+    denominator = loss_denominator(batch.response_mask, cfg.algo.aggregation,
+                                   constant=policy.max_new_tokens)
+    _, diag = policy_update(state, cfg, batch.split(k), None, denominator)
     return [p.grad.clone() for p in policy.parameters()], diag["loss/total"]
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
 def test_gradient_accumulation_equals_one_big_batch(aggregation):
     cfg = cfg_with(algo={"aggregation": aggregation})
     full, loss = gradients(cfg, 1)
@@ -73,13 +75,28 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_loss_and_gradient_unchanged_by_extra_response_padding():
-    cfg = cfg_with()
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
+def test_loss_and_gradient_unchanged_by_extra_response_padding(aggregation):
+    cfg = cfg_with(algo={"aggregation": aggregation})
     grads, loss = gradients(cfg, 1)
     padded, loss_padded = gradients(cfg, 1, extra_pad=3)
     assert loss_padded == pytest.approx(loss, abs=1e-6)
     for a, b in zip(grads, padded, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_step_normalises_constant_aggregation_by_the_token_budget(monkeypatch):
+    import lmrl.step
+
+    seen = []
+    real = lmrl.step.loss_denominator
+    monkeypatch.setattr(lmrl.step, "loss_denominator",
+                        lambda mask, mode, constant=None: seen.append(constant) or
+                        real(mask, mode, constant))
+    cfg = cfg_with(algo={"aggregation": "constant"})
+    policy = make_policy(max_new=5)
+    grpo_step(build_state(cfg, policy), CountingTask(), cfg)
+    assert seen == [5]
 
 
 class CountingTask:

@@ -65,13 +65,37 @@ def test_eval_of_the_saved_model_matches_the_runs_final_evaluation(pipeline, cap
     assert "->" in capsys.readouterr().out  # sample completions are shown
 
 
-def test_resume_continues_an_lm_run(pipeline):
-    run = pipeline / "run"
-    main(["train", "--model", str(pipeline / "sft"), "--run-dir", str(run), "--steps", "6",
-          "--B", "4", "--G", "4", "--eval-every", "2", "--grad-accum", "2", "--log-samples", "2",
-          "--no-progress", "--threads", "1", "--resume", *TASK])
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(7))
+def test_resume_continues_an_lm_run_exactly(pipeline, tmp_path):
+    """4 steps + resume to 6 == 6 steps straight: weights, optimizer, reference, RNGs restored.
+    (A constant schedule, so that the learning rate does not depend on the run's length.)"""
+    common = ["--model", str(pipeline / "sft"), "--B", "4", "--G", "4", "--eval-every", "2",
+              "--schedule", "constant",
+              "--grad-accum", "2", "--log-samples", "2", "--no-progress", "--threads", "1",
+              *TASK]
+    split, straight = tmp_path / "split", tmp_path / "straight"
+    main(["train", "--run-dir", str(split), "--steps", "4", *common])
+    main(["train", "--run-dir", str(split), "--steps", "6", "--resume", *common])
+    main(["train", "--run-dir", str(straight), "--steps", "6", *common])
+
+    def rows(run, name):
+        return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+    resumed, reference = rows(split, "metrics.jsonl"), rows(straight, "metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(7))
+    drop = ("time/",)  # wall times differ
+    for a, b in zip(resumed[5:], reference[5:], strict=True):
+        for key in a:
+            if not key.startswith(drop):
+                assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert [s["step"] for s in rows(split, "samples.jsonl")] == [0, 0, 2, 2, 4, 4, 6, 6]
+
+
+def test_eval_with_run_uses_the_runs_task_and_settings(pipeline, tmp_path):
+    out = tmp_path / "eval.json"
+    main(["eval", "--run", str(pipeline / "run"), "--out", str(out), "--threads", "1"])
+    final = json.loads((pipeline / "run" / "summary.json").read_text())
+    assert json.loads(out.read_text())["eval/exact_match"] == pytest.approx(
+        final["eval/exact_match"])
 
 
 def test_a_missing_model_directory_is_a_clear_error(tmp_path, capsys):

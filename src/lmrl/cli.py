@@ -7,6 +7,7 @@ task flags (`--task sort_text --n 5`).
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -161,6 +162,11 @@ def cmd_sft(args: list[str]) -> None:
                  config=(tyro.conf.OmitArgPrefixes,))
     configure_threads(a.threads, "lm")
     task = text_task(a.task, model=a.model)
+    if a.stop_at is not None and task.correctness is None:
+        raise ConfigError(f"--stop-at needs a right answer, and task {a.task.task} has no "
+                          "correctness reward; drop --stop-at")
+    if a.steps < 0 or a.batch_size < 1 or a.eval_every < 1:
+        raise ConfigError("--steps must be >= 0, --batch-size and --eval-every >= 1")
     summary = run_sft(a.model, task, a.out, device=a.device, steps=a.steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
                       weight_decay=a.weight_decay, grad_clip=a.grad_clip,
@@ -172,8 +178,12 @@ def cmd_sft(args: list[str]) -> None:
 
 @dataclass(frozen=True)
 class EvalArgs:
-    model: str
-    """Checkpoint to evaluate: a save_pretrained directory (a run's model/) or a hub name."""
+    model: str | None = None
+    """Checkpoint to evaluate: a save_pretrained directory or a hub name (default with --run:
+    the run's model/)."""
+    run: str | None = None
+    """A run directory: evaluate with its task, held-out set and sampling settings
+    (config.json), so the score is the run's own evaluation."""
     task: TaskConfig = field(default_factory=lambda: TaskConfig(task="sort_text"))
     limit: int = 0
     """Evaluate at most this many held-out examples (0 = all)."""
@@ -182,11 +192,34 @@ class EvalArgs:
     show: int = 4
     """Print this many held-out completions."""
     max_new_tokens: int = 0
-    """Completion budget (0 = the task's)."""
+    """Completion budget (0 = the run's, else the task's)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings (default with --run: the run's)."""
+    device: str = "auto"
     out: str | None = None
     """Write the metrics as JSON here."""
     seed: int = 0
     threads: int = 0
+
+
+def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
+    """Model, task and sampling settings: the run's config.json with --run, else the flags."""
+    if a.run is None:
+        if a.model is None:
+            raise ConfigError("lmrl eval needs --model DIR or --run RUN_DIR")
+        return a.model, a.task, PolicyConfig(model=a.model, max_new_tokens=a.max_new_tokens,
+                                             stop=a.stop)
+    if a.task != EvalArgs.__dataclass_fields__["task"].default_factory():
+        raise ConfigError("--run takes the task from the run's config.json; drop the task flags")
+    config_path = Path(a.run) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"--run: {config_path} does not exist")
+    saved = Config.from_dict(json.loads(config_path.read_text()))
+    policy = saved.policy
+    if a.max_new_tokens or a.stop:
+        policy = dataclasses.replace(policy, max_new_tokens=a.max_new_tokens or
+                                     policy.max_new_tokens, stop=a.stop or policy.stop)
+    return a.model or str(Path(a.run) / "model"), saved.task, policy
 
 
 def cmd_eval(args: list[str]) -> None:
@@ -200,9 +233,12 @@ def cmd_eval(args: list[str]) -> None:
                  description="Greedy held-out evaluation of a causal-LM checkpoint.",
                  config=(tyro.conf.OmitArgPrefixes,))
     configure_threads(a.threads, "lm")
-    task = text_task(a.task, model=a.model)
-    policy = HFPolicy.from_pretrained(a.model, max_new_tokens=a.max_new_tokens or
-                                      task.max_new_tokens)
+    model, task_cfg, p = eval_settings(a)
+    task = text_task(task_cfg, model=model)
+    policy = HFPolicy.from_pretrained(model, device=a.device, dtype=p.dtype,
+                                      trust_remote_code=p.trust_remote_code,
+                                      max_new_tokens=p.max_new_tokens or task.max_new_tokens,
+                                      stop=p.stop)
     metrics, shown = evaluate_text(task, policy, torch.Generator().manual_seed(a.seed),
                                    num_samples=a.samples, max_examples=a.limit or None,
                                    num_logged=a.show)
@@ -210,7 +246,7 @@ def cmd_eval(args: list[str]) -> None:
         print(f"{sample['prompt']!r} -> {sample['completion']!r}")
     print(json.dumps(metrics, indent=2))
     if a.out:
-        Path(a.out).write_text(json.dumps({"model": a.model, **metrics}, indent=2))
+        Path(a.out).write_text(json.dumps({"model": model, **metrics}, indent=2))
 
 
 def _split_double_dash(args: list[str]) -> tuple[list[str], str, list[str]]:

@@ -19,6 +19,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
+SORT_HELDOUT = 2000  # the toy sort task's held-out prompts when heldout_size is not given
 SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("jsonl", "tensorboard")
 
@@ -58,8 +59,9 @@ class TaskConfig:
     prompt, split train/held-out; lecture: the lecture's 3 prompts (n=3, V=5)."""
     train_frac: float = 0.6
     """Fraction of prompts used for training when prompts=all."""
-    heldout_size: int = 2000
-    """Number of held-out prompts when prompts=random (text tasks: held-out examples)."""
+    heldout_size: int | None = None
+    """Held-out prompts (sort with prompts=random: default 2000; text tasks: held-out examples,
+    default the task's own: 500, gsm8k and user 200)."""
     constants_in_train: bool = True
     """Keep the constant prompts (0,0,..), (1,1,..) in the training split (prompts=all)."""
     split_seed: int = 0
@@ -284,6 +286,8 @@ def _reject_ignored(cfg: Config) -> None:
         (t.task not in ("gsm8k", "user"), "task", ("data", "heldout_data"),
          "only gsm8k and user read data files"),
         (t.task == "sort", "task", ("reward_fns",), "the toy task scores token tensors, not text"),
+        (t.task == "user" and t.heldout_data is not None, "task", ("heldout_size", "split_seed"),
+         "with heldout_data the user task evaluates that whole file"),
         (t.task == "sort", "log", ("eval_limit", "log_samples"),
          "the toy task evaluates every held-out prompt and has no text to log"),
     ]
@@ -312,6 +316,9 @@ def _check_model_task(cfg: Config) -> None:
     for spec in t.reward_fns:
         if ":" not in spec:
             raise ConfigError(f"task.reward_fns entry {spec!r} must look like module:function")
+    if any(not stop for stop in cfg.policy.stop):
+        raise ConfigError("policy.stop has an empty string, which would end every completion "
+                          "after one token; drop it")
 
 
 def validate(cfg: Config) -> None:
@@ -336,9 +343,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
                           "numbers; lower n, raise V or set repeats")
     total = num_prompts(t.n, t.V, t.repeats)
+    held = t.heldout_size if t.heldout_size is not None else SORT_HELDOUT
     if t.task in ("sort", "sort_text") and t.prompts == "random" and \
-            not 0 < t.heldout_size <= total // 2:
-        raise ConfigError(f"task.heldout_size={t.heldout_size} must be in 1..{total // 2} (half of "
+            (t.task == "sort" or t.heldout_size is not None) and not 0 < held <= total // 2:
+        raise ConfigError(f"task.heldout_size={held} must be in 1..{total // 2} (half of "
                           f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
     if t.prompts == "lecture" and (t.n, t.V) != (3, 5):
         raise ConfigError("task.prompts=lecture is the lecture's n=3, V=5 set; set n=3 and V=5")
@@ -372,7 +380,7 @@ def validate(cfg: Config) -> None:
     if p.temperature <= 0 or not 0 < p.top_p <= 1 or p.top_k < 0 or p.max_new_tokens < 0:
         raise ConfigError(f"policy: temperature={p.temperature} must be > 0, top_p={p.top_p} in "
                           f"(0, 1], top_k={p.top_k} and max_new_tokens={p.max_new_tokens} >= 0")
-    if lg.eval_limit < 0 or lg.log_samples < 0 or t.heldout_size < 1:
+    if lg.eval_limit < 0 or lg.log_samples < 0 or (t.heldout_size or 1) < 1:
         raise ConfigError("log.eval_limit and log.log_samples must be >= 0, task.heldout_size >= 1")
     if lg.resume and lg.overwrite:
         raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
@@ -418,7 +426,8 @@ def _describe_task(t: TaskConfig) -> str:
         return f"task: {t.task} of {t.digits}-digit numbers{extra}"
     if t.task == "countdown":
         return f"task: countdown with {t.n} numbers in 1..{t.V}{extra}"
-    return f"task: {t.task} data={t.data} held out={t.heldout_data or t.heldout_size}{extra}"
+    held = t.heldout_data or t.heldout_size or "task default"
+    return f"task: {t.task} data={t.data} held out={held}{extra}"
 
 
 def _describe_policy(cfg: Config) -> str:

@@ -55,14 +55,21 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
 
 
 def task_alphabet(task, num_examples: int = 2000, seed: int = 0, extra: str = "") -> str:
-    """Sorted characters of the held-out prompts and demonstrations, of `num_examples` sampled
-    training prompts and their demonstrations, and of `extra`."""
-    examples = list(task.heldout) + task.sample_prompts(num_examples,
-                                                        torch.Generator().manual_seed(seed))
+    """Sorted characters of the held-out examples, of the training examples (all of a finite
+    training set, else `num_examples` sampled ones), of their demonstrations, and of `extra`.
+
+    A task without demonstrations (user data with no completion column) contributes its prompts
+    only; its completions may then need `--alphabet ascii`.
+    """
+    train = task.train if task.train is not None else \
+        task.sample_prompts(num_examples, torch.Generator().manual_seed(seed))
     chars = set(extra)
-    for ex in examples:
+    for ex in list(task.heldout) + list(train):
         chars.update(ex["prompt"])
-        chars.update(task.demonstration(ex))
+        try:
+            chars.update(task.demonstration(ex))
+        except NotImplementedError:
+            pass  # no demonstrations: the prompts' characters are all there is to go on
     return "".join(sorted(chars))
 
 

@@ -79,14 +79,18 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
     delta = compute_deltas(a.delta, rewards, eps=a.norm_eps)  # (B, G)
     t_scored = time.perf_counter()
-    logp_ref = None
-    if state.reference is not None:
-        logp_ref = state.reference.logprobs(inputs, rollout.responses, rollout.response_mask)
-    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, logp_ref)
+    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None)
+    if state.reference is not None:  # per micro-batch: the logits are the memory peak
+        batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
+                                                             mb.response_mask)
+                                    for mb in batch.split(tr.grad_accum)])
     t_ref = time.perf_counter()
 
-    # The loss is divided by the whole batch's count, whatever the micro-batch split.
-    denominator = loss_denominator(batch.response_mask, a.aggregation)
+    # The loss is divided by the whole batch's count, whatever the micro-batch split. The
+    # constant normaliser is the token budget, fixed across steps (the padded T is not: a
+    # causal LM stops sampling when its longest response ends).
+    budget = getattr(policy, "max_new_tokens", None)
+    denominator = loss_denominator(batch.response_mask, a.aggregation, constant=budget)
     logp_old: list[Tensor] | None = None
     for _ in range(a.mu):
         logp_old, diag = policy_update(state, cfg, batch.split(tr.grad_accum), logp_old,

@@ -113,7 +113,9 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
 
 # What a resumed run may change: how long it runs and how it logs. Anything else would make the
 # run directory a record of a run that never happened.
-RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit")}
+# Where it runs (device, threads) may change too: the math is the same.
+RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit"), ("train", "threads"),
+                     ("policy", "device")}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:
@@ -122,15 +124,26 @@ def check_resumable(saved: dict, cfg: Config) -> None:
                for k, v in fields.items() if new[g][k] != v and (g, k) not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError("--resume with a different config: " + "; ".join(changed) +
-                          ". Only train.steps, train.time_limit and log.* may change on resume.")
+                          ". Only train.steps, train.time_limit, train.threads, policy.device "
+                          "and log.* may change on resume.")
     if new["train"]["steps"] != saved["train"]["steps"]:
         print(f"note: steps {saved['train']['steps']} -> {new['train']['steps']}: the learning-"
               "rate schedule is recomputed for the new length from the current step on")
 
 
+def _sample_step(line: str) -> float:
+    """The step of a samples.jsonl line; a crash can leave half a line, which is dropped."""
+    try:
+        return json.loads(line)["step"]
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 def resume(state: TrainState, cfg: Config, run_dir: Path) -> None:
     """Restore the state and drop metric rows logged after the checkpoint."""
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    # On the CPU first: load_state_dict moves each tensor to where the live one is, so a GPU
+    # run resumes on a CPU-only machine and no second copy lands on the GPU.
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
     check_resumable(ckpt["config"], cfg)
     state.load_state_dict(ckpt["state"])
     rows = [r for r in read_metrics(run_dir) if r["step"] <= state.step]
@@ -138,7 +151,7 @@ def resume(state: TrainState, cfg: Config, run_dir: Path) -> None:
     samples_path = run_dir / "samples.jsonl"
     if samples_path.is_file():
         kept = [line for line in samples_path.read_text().splitlines()
-                if json.loads(line)["step"] <= state.step]
+                if _sample_step(line) <= state.step]
         samples_path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -244,10 +244,12 @@ class HFPolicy(nn.Module):
         if len(running) == 0:
             return hit
         rows = torch.stack(tokens, dim=1)[running].tolist()
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True,
+        # Special tokens are kept, as in `decode`, so "<|im_end|>" can be a stop string.
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False,
                                             clean_up_tokenization_spaces=False)
-        for i, text in zip(running.tolist(), texts, strict=True):
-            hit[i] = any(s in text for s in self.stop)
+        hits = [i for i, text in zip(running.tolist(), texts, strict=True)
+                if any(s in text for s in self.stop)]
+        hit[hits] = True
         return hit
 
     def response_mask(self, responses: Tensor) -> Tensor:

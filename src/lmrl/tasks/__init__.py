@@ -12,14 +12,18 @@ __all__ = ["SORT_REWARDS", "SortTask", "build_task", "evaluate_sort"]
 
 def build_task(t):
     """TaskConfig -> SortTask or a TextTask (with any extra reward functions appended)."""
+    from lmrl.config import SORT_HELDOUT
+
     if t.task == "sort":
         return SortTask(n=t.n, V=t.V, repeats=t.repeats, prompts=t.prompts,
-                        train_frac=t.train_frac, heldout_size=t.heldout_size,
+                        train_frac=t.train_frac, heldout_size=t.heldout_size or SORT_HELDOUT,
                         constants_in_train=t.constants_in_train, split_seed=t.split_seed,
                         reward=t.reward)
     from lmrl.tasks.text import load_reward_fn
 
-    split = {"heldout_size": t.heldout_size, "split_seed": t.split_seed}
+    split = {"split_seed": t.split_seed}
+    if t.heldout_size is not None:  # else the task's own default
+        split["heldout_size"] = t.heldout_size
     if t.task == "sort_text":
         from lmrl.tasks.sort_text import SortTextTask
 
@@ -39,7 +43,24 @@ def build_task(t):
     else:
         from lmrl.tasks.user import UserTask
 
-        return UserTask(data=t.data, reward_fns=list(t.reward_fns),
-                        heldout_data=t.heldout_data, **split)
+        if t.heldout_data is not None:
+            split = {}
+        task = UserTask(data=t.data, reward_fns=list(t.reward_fns), heldout_data=t.heldout_data,
+                        **split)
+        check_reward_names([r.name for r in task.rewards])
+        return task
     task.rewards = task.rewards + [load_reward_fn(spec) for spec in t.reward_fns]
+    check_reward_names([r.name for r in task.rewards])
     return task
+
+
+# train/reward_<name> must not collide with the step's own reward statistics.
+RESERVED_REWARD_NAMES = {"mean", "std", "group_max"}
+
+
+def check_reward_names(names: list[str]) -> None:
+    clash = [n for n in names if n in RESERVED_REWARD_NAMES or names.count(n) > 1]
+    if clash:
+        raise ValueError(f"reward function names must be unique and not one of "
+                         f"{sorted(RESERVED_REWARD_NAMES)}; got {names}. Rename "
+                         f"{sorted(set(clash))}")

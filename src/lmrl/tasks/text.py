@@ -19,6 +19,8 @@ first sample that raises and reports that prompt and completion.
 import importlib
 import json
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,10 @@ def load_reward_fn(spec: str) -> RewardFn:
     if not sep or not module_name or not attr:
         raise ValueError(f"reward function {spec!r} must look like 'module:function' "
                          "(optionally '=weight')")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # A console script's sys.path starts at its bin/ directory, not the working one, where
+        # a user's my_rewards.py usually is.
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

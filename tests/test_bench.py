@@ -1,0 +1,144 @@
+"""bench/: FLOP counting against a hand count and against torch's own counter, the summary
+arithmetic, and the lmrl-vs-TRL harness in its seconds-long smoke mode. No timing assertions."""
+
+import importlib.util
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import vs_trl  # noqa: E402
+from flops import ModelShape, decode_flops, forward_flops, step_flops  # noqa: E402
+
+# 2 layers, hidden 8, 2 heads of 4 (no GQA), MLP 16, vocab 12.
+SMALL = ModelShape(layers=2, hidden=8, heads=2, kv_heads=2, head_dim=4, intermediate=16, vocab=12)
+SMALL_HF = {"num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "intermediate_size": 16, "vocab_size": 12}
+
+
+def test_small_config_by_hand():
+    # Per layer: q, k, v, o are 8x8 each (4 * 64 = 256), gate, up, down 8x16 (3 * 128 = 384).
+    assert SMALL.body_weights == 2 * (256 + 384) == 1280
+    assert ModelShape.from_hf_config(SMALL_HF) == SMALL
+    # 5 tokens, logits at 3 of them: 2 FLOPs per weight per token, 2*8*12 = 192 per logit row,
+    # and 4 * layers * heads * head_dim = 64 per causal (query, key) pair: 1+2+3+4+5 = 15 pairs.
+    assert forward_flops(SMALL, 5, 0, 3) == 2 * 5 * 1280 + 3 * 192 + 64 * 15 == 14336
+    # One token after 3 cached ones sees 4 keys.
+    assert forward_flops(SMALL, 1, 3, 1) == 2 * 1280 + 192 + 64 * 4 == 3008
+
+
+def test_step_by_hand():
+    # B=1 prompt of 3 tokens, G=2 completions of 2 and 3 tokens, KL on, μ = 1.
+    prefill = 2 * 3 * 1280 + 192 + 64 * (1 + 2 + 3)  # logits at the last prompt token only
+    decode = 3008 + (3008 + 3072)  # token 1 of each sees 4 keys; token 2 of the second sees 5
+    logprob = (2 * 4 * 1280 + 2 * 192 + 64 * 10) + 14336  # 4 tokens, 2 logits; 5 tokens, 3
+    got = step_flops(SMALL, B=1, G=2, prompt_len=3, lengths=[2, 3], kl=True)
+    assert got == {"sample": prefill + decode, "ref": logprob, "update": 3 * logprob,
+                   "total": prefill + decode + 4 * logprob}
+    assert got["total"] == 119744
+    assert step_flops(SMALL, 1, 2, 3, [2, 3], kl=False)["ref"] == 0
+    assert step_flops(SMALL, 1, 2, 3, [2, 3], kl=False, mu=2)["update"] == 6 * logprob
+    with pytest.raises(ValueError, match="B\\*G"):
+        step_flops(SMALL, 1, 2, 3, [2], kl=False)
+
+
+@pytest.mark.parametrize("prompt_len, length", [(3, 1), (3, 2), (6, 7)])
+def test_decode_closed_form_is_the_token_by_token_sum(prompt_len, length):
+    by_token = sum(forward_flops(SMALL, 1, prompt_len + j - 1, 1) for j in range(1, length))
+    assert decode_flops(SMALL, prompt_len, length) == by_token
+
+
+def tiny_qwen2(**overrides):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen2Config(**{**SMALL_HF, "max_position_embeddings": 64,
+                                         "tie_word_embeddings": True, **overrides})
+    config._attn_implementation = "eager"  # attention as plain matmuls, which the counter sees
+    torch.manual_seed(0)
+    return transformers.Qwen2ForCausalLM(config).eval()
+
+
+def test_body_weights_are_the_2d_weights_of_a_real_model():
+    model = tiny_qwen2(num_key_value_heads=1)  # with grouped-query attention
+    weights = sum(p.numel() for name, p in model.model.layers.named_parameters() if p.dim() == 2)
+    assert weights == ModelShape.from_hf_config(model.config.to_dict()).body_weights
+
+
+def test_decode_step_matches_torch_flop_counter():
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import DynamicCache
+
+    model = tiny_qwen2()
+    # transformers 5 renamed past_key_values to cache
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = {name: DynamicCache(config=model.config)}
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[3, 4, 5, 6]]), use_cache=True, **cache)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(input_ids=torch.tensor([[7]]), use_cache=True, logits_to_keep=1, **cache)
+    # Rotary embeddings add a tiny matmul of their own (head_dim/2 x positions).
+    assert counter.get_total_flops() == pytest.approx(forward_flops(SMALL, 1, 4, 1), rel=0.01)
+
+
+def test_summary_pools_repeats_after_warmup():
+    def run(secs, tokens, reward):
+        return {"kl": 0.0, "step_seconds": secs, "tokens": tokens, "peak_rss_mb": 100.0,
+                "eval": {"eval/reward": reward, "eval/exact_match": reward / 4},
+                "os": {"others_busy_frac": 0.0}}
+    prep = {"config": SMALL_HF, "prompt_len": 8}
+    runs = [run([9.0, 1.0, 2.0], [640, 640, 640], 2.0), run([9.0, 4.0, 3.0], [640] * 3, 3.0)]
+    out = vs_trl.summarize(runs, "lmrl", prep, warmup=1, ceiling=100.0)
+    assert out["timed_steps"] == 4
+    assert out["median_step_s"] == 2.5  # of 1, 2, 4, 3
+    assert out["completions_per_s"] == 128 / 2.5
+    assert out["mean_completion_tokens"] == 5.0
+    assert out["heldout_reward"] == 2.5
+    expected = step_flops(SMALL, 16, 8, 8, [5.0] * 128, kl=False)["total"]
+    assert out["ceiling_frac"] == pytest.approx(expected / 2.5 / 1e9 / 100.0)
+
+
+def test_wait_for_idle_reports_what_it_saw():
+    seen = vs_trl.wait_for_idle(threshold=1.01, window=0.05, timeout=5.0)
+    assert not seen["timed_out"] and 0.0 <= seen["busy_frac"] <= 1.0
+    assert vs_trl.wait_for_idle(threshold=0.0, window=0.05, timeout=0.0)["timed_out"]
+
+
+def check_smoke_report(out: Path, libs: set[str]) -> dict:
+    report = json.loads((out / "vs_trl.json").read_text())
+    assert report["ceiling_gflops"] > 0
+    (cell,) = report["cells"]
+    assert set(cell["libs"]) == libs
+    for summary in cell["libs"].values():
+        assert summary["timed_steps"] == 2 and summary["completions_per_s"] > 0
+        assert 0.0 <= summary["heldout_exact_match"] <= 1.0
+    assert set(cell["libs"]["lmrl"]["stages"]) == set(vs_trl.STAGES)
+    assert "| smoke | 4 | 0.04 | lmrl |" in (out / "vs_trl.md").read_text()
+    return report
+
+
+def test_smoke_without_trl_skips_it_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vs_trl, "trl_missing", lambda: "not importable: trl")
+    report = vs_trl.main(["--smoke", "--out", str(tmp_path)])
+    assert "TRL side skipped: not importable: trl" in capsys.readouterr().out
+    assert report["trl_skipped"] == "not importable: trl"
+    check_smoke_report(tmp_path, {"lmrl"})
+    assert "TRL side skipped" in (tmp_path / "vs_trl.md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (.[bench])")
+def test_smoke_runs_both_libraries(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "vs_trl.py"), "--smoke", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    report = check_smoke_report(tmp_path, {"lmrl", "trl"})
+    (cell,) = report["cells"]
+    assert set(cell["ratio"]) == set(vs_trl.RATIO_KEYS)
+    trl_run = next(r for r in report["runs"] if r["lib"] == "trl")
+    assert trl_run["torch_threads"] == 1 and len(trl_run["tokens"]) == 2
