@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed only when the venv has no torch yet (a GPU user's torch is kept).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-all lint clean bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# lmrl vs TRL's GRPOTrainer and the matmul ceiling (bench/README.md); about an hour on 2 cores.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[bench]"
+	@touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/vs_trl.py
 
 lint: setup
 	$(BIN)/ruff check src tests experiments bench

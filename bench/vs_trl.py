@@ -1,0 +1,575 @@
+"""lmrl against TRL's GRPOTrainer on the same work (issue 4), and lmrl's step against this
+machine's matmul ceiling. Writes results/vs_trl.json and results/vs_trl.md.
+
+    .venv/bin/python bench/vs_trl.py            # the full comparison (make bench)
+    .venv/bin/python bench/vs_trl.py --smoke    # seconds: tiny model, 2 steps, no idle wait
+    .venv/bin/python bench/vs_trl.py --sizes tiny --n 5 --kl 0.04 --repeats 1
+
+Both libraries train the same locally built Qwen2 (lmrl.modelzoo.init_model, then an untimed
+lmrl SFT warm start to held-out exact match ~0.3, shared by both) on sort_text (V = 10) with
+the same settings: B = 16 prompts x G = 8 samples, the task's completion budget, temperature 1,
+constant lr, AdamW, grad clip 1, clipped token-level ratio (ε 0.2), group-normalised
+advantages (std + 1e-4), token-mean loss over the batch, μ = 1, KL weight β (k3, to a frozen
+copy of the start), fp32 on CPU, the positional reward. Every run is its own subprocess with the
+same thread environment, waits for an idle machine first, and alternates with the other library
+(A B A B in one block, B A B A in the next). Held-out numbers come from one evaluation for both:
+each final model is saved with save_pretrained and scored by lmrl's greedy evaluate_text.
+
+Timing: a step is the interval between the ends of consecutive optimizer steps (TRL: its
+on_step_end callback; lmrl: grpo_step plus writing its metrics line), the first `warmup` steps
+excluded. completions/s = B·G / median step seconds; tokens/s = median over steps of that
+step's completion tokens (EOS included) / its seconds. Peak memory is the child's ru_maxrss at
+the end of training (imports included). The ceiling is the best square fp32 matmul throughput
+measured with the same threads; model FLOPs are counted by bench/flops.py.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import ModelShape, step_flops  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+B, G, V = 16, 8, 10
+# Model sizes: shape, GRPO lr, steps, SFT warm start (steps cap, lr; 0 steps = random init).
+SIZES = {
+    "tiny": {"layers": 4, "hidden": 128, "heads": 4, "lr": 2e-4, "steps": 100,
+             "sft_steps": 1000, "sft_lr": 1e-3},
+    "20M": {"layers": 8, "hidden": 512, "heads": 8, "lr": 1e-4, "steps": 20,
+            "sft_steps": 1000, "sft_lr": 3e-4},
+    "smoke": {"layers": 2, "hidden": 32, "heads": 2, "lr": 2e-4, "steps": 2,
+              "sft_steps": 0, "sft_lr": 1e-3},
+}
+# lmrl's time/<stage>_seconds metrics whose model FLOPs flops.step_flops counts ("step" is the
+# total); any other timer grpo_step reports is shown too, with its FLOPs left blank.
+STAGE_FLOPS = {"sample": "sample", "ref": "ref", "update": "update", "step": "total"}
+
+
+# --------------------------------------------------------------------------- children
+
+def make_task(spec: dict):
+    from lmrl.tasks.sort_text import SortTextTask
+
+    return SortTextTask(n=spec["n"], V=V, heldout_size=spec["heldout"], reward="positional")
+
+
+def heldout_eval(spec: dict, model_dir: Path) -> dict:
+    """lmrl's greedy held-out evaluation of a save_pretrained directory."""
+    from lmrl.policies.hf import HFPolicy
+    from lmrl.tasks.text import evaluate_text
+
+    task = make_task(spec)
+    policy = HFPolicy.from_pretrained(str(model_dir), dtype="float32", device="cpu",
+                                      max_new_tokens=task.max_new_tokens)
+    return evaluate_text(task, policy, num_logged=0)[0]
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_setup(spec: dict) -> dict:
+    """The machine and its matmul ceiling, under the runs' thread settings."""
+    import torch
+    from flops import matmul_gflops
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines()
+                  if line.startswith("model name")), "unknown")
+    machine = {"cpu": model, "cpus": os.cpu_count(), "torch": torch.__version__,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "bf16_flags": sorted({f for f in flags.split() if f.startswith("amx")
+                                     or f == "avx512_bf16"})}
+    matmul = {dt: matmul_gflops(spec["matmul_sizes"], dt) for dt in ("float32", "bfloat16")}
+    return {"machine": machine, "matmul": matmul}
+
+
+def child_prepare(spec: dict) -> dict:
+    """The shared start: init_model, then (sft_steps > 0) an lmrl SFT warm start."""
+    from transformers import AutoTokenizer
+
+    from lmrl.modelzoo import init_model, task_alphabet
+
+    task, root = make_task(spec), Path(spec["dir"])
+    params = init_model(root / "init", task_alphabet(task), hidden_size=spec["hidden"],
+                        num_layers=spec["layers"], num_heads=spec["heads"], seed=0)
+    start, sft = root / "init", None
+    if spec["sft_steps"]:
+        from lmrl.sft import run_sft
+
+        summary = run_sft(root / "init", task, root / "sft", device="cpu", dtype="float32",
+                          steps=spec["sft_steps"], lr=spec["sft_lr"], stop_at=0.3,
+                          eval_every=10, progress=False)
+        start, sft = root / "sft", {k: summary[k] for k in ("sft/steps", "eval/exact_match")}
+    prompt = AutoTokenizer.from_pretrained(start)(task.heldout[0]["prompt"])["input_ids"]
+    return {"start": str(start), "params": params, "sft": sft, "prompt_len": len(prompt),
+            "max_new_tokens": task.max_new_tokens,
+            "config": json.loads((start / "config.json").read_text()),
+            "start_eval": heldout_eval(spec, start)}
+
+
+def child_lmrl(spec: dict) -> dict:
+    from lmrl.config import Config
+    from lmrl.state import build_policy, build_state
+    from lmrl.step import grpo_step
+    from lmrl.trainer import build_task
+
+    cfg = Config().replace(
+        task={"task": "sort_text", "n": spec["n"], "V": V, "heldout_size": spec["heldout"],
+              "reward": "positional"},
+        policy={"model": spec["start"], "dtype": "float32", "device": "cpu",
+                "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0},
+        algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
+              "kl_weight": spec["kl"], "mu": 1, "aggregation": "token_mean"},
+        train={"B": B, "G": G, "lr": spec["lr"], "schedule": "constant", "warmup_steps": 0,
+               "weight_decay": 0.0, "grad_clip": 1.0, "steps": spec["steps"],
+               "seed": spec["seed"], "threads": spec["threads"]})
+    task = build_task(cfg)
+    state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
+    run_dir = Path(spec["run_dir"])
+    rows, ends = [], []
+    t0 = time.perf_counter()
+    with (run_dir / "metrics.jsonl").open("w") as log:
+        for step in range(1, spec["steps"] + 1):
+            metrics = grpo_step(state, task, cfg)
+            log.write(json.dumps({"step": step, **metrics}) + "\n")
+            ends.append(time.perf_counter())
+            rows.append(metrics)
+    peak = peak_rss_mb()
+    state.policy.save_pretrained(run_dir / "model")
+    return {"step_seconds": intervals(t0, ends), "peak_rss_mb": peak,
+            "tokens": [r["train/response_tokens"] * B * G for r in rows],
+            "train_reward": [r["train/reward_mean"] for r in rows],
+            "stages": {k[5:-8]: [r[k] for r in rows] for k in rows[0]
+                       if k.startswith("time/") and k.endswith("_seconds")},
+            "eval": heldout_eval(spec, run_dir / "model")}
+
+
+def intervals(t0: float, ends: list[float]) -> list[float]:
+    return [b - a for a, b in zip([t0] + ends[:-1], ends, strict=True)]
+
+
+# TRL settings that are not TRL's defaults, and why.
+TRL_FAIR = {
+    "bf16": False,  # default True: fp32 in both (bf16 autocast costs ~1.5x on this CPU)
+    "gradient_checkpointing": False,  # default True: lmrl keeps activations, so does TRL here
+    "use_cpu": True,
+    "lr_scheduler_type": "constant",  # default linear decay; lmrl's schedule=constant
+    "use_bias_correction_kl": False,  # default True multiplies the k3 term by the ratio; lmrl's
+    # KL term is plain k3 (equal in value at μ = 1, but the gradient differs)
+    "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+}
+
+
+def child_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lmrl.tasks.sort_text import positional
+
+    task, run_dir = make_task(spec), Path(spec["run_dir"])
+    generator = torch.Generator().manual_seed(spec["seed"])
+    # One fresh training prompt per (step, prompt), as lmrl draws them (never a held-out one).
+    data = Dataset.from_list([task.train_example(generator)
+                              for _ in range(spec["steps"] * B)])
+    seen: list[tuple[int, float]] = []  # (completion tokens, mean reward) per reward call
+
+    def reward(prompts, completions, completion_ids, **columns):
+        if not all(isinstance(c, str) for c in completions):
+            raise TypeError(f"TRL passed {type(completions[0])}, expected plain strings")
+        values = positional(prompts, completions, **columns)
+        seen.append((sum(len(ids) for ids in completion_ids), sum(values) / len(values)))
+        return values
+    reward.__name__ = "positional"
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.ends: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = self.start or time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    args = GRPOConfig(
+        output_dir=str(run_dir / "trl"), max_steps=spec["steps"], seed=spec["seed"],
+        per_device_train_batch_size=B * G, gradient_accumulation_steps=1, num_generations=G,
+        max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=spec["lr"], warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        beta=spec["kl"], num_iterations=1, epsilon=0.2, loss_type="dapo",
+        scale_rewards="group", model_init_kwargs={"dtype": "float32"}, **TRL_FAIR)
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=spec["start"], reward_funcs=[reward], args=args,
+                          train_dataset=data, callbacks=[timer],
+                          processing_class=AutoTokenizer.from_pretrained(spec["start"]))
+    trainer.train()
+    peak = peak_rss_mb()
+    model = trainer.model  # the Trainer turns checkpointing on in train(), so look after it
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5.24
+        checkpointing = model.is_gradient_checkpointing
+    trainer.model.save_pretrained(run_dir / "model")
+    trainer.processing_class.save_pretrained(run_dir / "model")
+    return {"step_seconds": intervals(timer.start, timer.ends), "peak_rss_mb": peak,
+            "tokens": [t for t, _ in seen], "train_reward": [r for _, r in seen],
+            "settings_seen": {"optimizer": type(trainer.optimizer.optimizer).__name__,
+                              "fused": trainer.optimizer.optimizer.defaults.get("fused"),
+                              "bf16": trainer.args.bf16, "dtype": str(model.dtype),
+                              "activation_checkpointing": bool(checkpointing),
+                              "reference_model": trainer.ref_model is not None},
+            "eval": heldout_eval(spec, run_dir / "model")}
+
+
+CHILDREN = {"setup": child_setup, "prepare": child_prepare, "lmrl": child_lmrl,
+            "trl": child_trl}
+
+
+def child_main(kind: str, spec_path: str, result_path: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
+    result = CHILDREN[kind](spec)
+    result["torch_threads"] = torch.get_num_threads()
+    Path(result_path).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- the machine
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def wait_for_idle(threshold: float, window: float, timeout: float) -> dict:
+    """Poll until the machine's CPU use over `window` seconds is below `threshold` (a fraction
+    of all cores), or `timeout` passes; returns what was seen."""
+    t0 = time.monotonic()
+    while True:
+        busy0, total0 = cpu_seconds()
+        time.sleep(window)
+        busy1, total1 = cpu_seconds()
+        frac = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        waited = time.monotonic() - t0
+        if frac < threshold or waited >= timeout:
+            return {"waited_s": round(waited, 1), "busy_frac": round(frac, 3),
+                    "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+                    "timed_out": frac >= threshold}
+
+
+def child_env(threads: int, wait_policy: str | None) -> dict:
+    """The same environment for every child: OpenMP and MKL read theirs at import."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    return env
+
+
+def run_child(kind: str, spec: dict, env: dict, workdir: Path, name: str) -> tuple[dict, dict]:
+    """Run one child to completion; returns its result and what the OS saw of it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
+    log_path = workdir / f"{name}.log"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    result_path.unlink(missing_ok=True)
+    busy0, _ = cpu_seconds()
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind,
+                                 str(spec_path), str(result_path)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's own rusage
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    busy1, _ = cpu_seconds()
+    if proc.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"{kind} child exited {proc.returncode}; log {log_path}:\n{tail}")
+    cpu = usage.ru_utime + usage.ru_stime
+    seen = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+            # CPU that others used while the child ran, as a fraction of all cores
+            "others_busy_frac": round(max(0.0, busy1 - busy0 - cpu) / (os.cpu_count() * wall), 3)}
+    return json.loads(result_path.read_text()), seen
+
+
+def trl_missing() -> str | None:
+    """Why the TRL side cannot run, or None."""
+    missing = [m for m in ("trl", "datasets", "accelerate") if importlib.util.find_spec(m) is None]
+    return f"not importable: {', '.join(missing)} (pip install -e '.[bench]')" if missing else None
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "tokenizers", "trl", "accelerate", "datasets"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+
+def summarize(runs: list[dict], lib: str, prep: dict, warmup: int, ceiling: float) -> dict:
+    """Pool one library's repeats of one (size, n, KL) cell."""
+    secs = [s for r in runs for s in r["step_seconds"][warmup:]]
+    toks = [t for r in runs for t in r["tokens"][warmup:]]
+    median_s = statistics.median(secs)
+    mean_len = statistics.mean(toks) / (B * G)
+    shape = ModelShape.from_hf_config(prep["config"])
+    flops = step_flops(shape, B, G, prep["prompt_len"], [mean_len] * (B * G), runs[0]["kl"] > 0)
+    out = {
+        "lib": lib, "repeats": len(runs), "timed_steps": len(secs),
+        "median_step_s": median_s, "completions_per_s": B * G / median_s,
+        "tokens_per_s": statistics.median(t / s for t, s in zip(toks, secs, strict=True)),
+        "mean_completion_tokens": mean_len,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "heldout_reward": statistics.mean(r["eval"]["eval/reward"] for r in runs),
+        "heldout_exact_match": statistics.mean(r["eval"]["eval/exact_match"] for r in runs),
+        "step_gflop": flops["total"] / 1e9,
+        "ceiling_frac": flops["total"] / median_s / 1e9 / ceiling,
+        "others_busy_frac": max(r["os"]["others_busy_frac"] for r in runs),
+    }
+    if "stages" in runs[0]:
+        out["stages"] = {}
+        for stage in runs[0]["stages"]:
+            seconds = statistics.median(x for r in runs for x in r["stages"][stage][warmup:])
+            gflop = flops[STAGE_FLOPS[stage]] / 1e9 if stage in STAGE_FLOPS else None
+            frac = gflop / seconds / ceiling if gflop is not None and seconds > 0 else None
+            out["stages"][stage] = {"seconds": seconds, "gflop": gflop, "ceiling_frac": frac}
+    return out
+
+
+RATIO_KEYS = ["median_step_s", "completions_per_s", "tokens_per_s", "peak_rss_mb",
+              "heldout_reward", "heldout_exact_match"]
+
+
+def markdown(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    lines = [
+        "# lmrl vs TRL GRPOTrainer", "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['cpu_capability']}; "
+        f"bf16 flags: {', '.join(m['bf16_flags']) or 'none'}); versions "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        f"Command: `{report['command']}`; threads {s['threads']}, OMP_WAIT_POLICY "
+        f"{s['omp_wait_policy'] or 'unset'}; B={B} x G={G}; first {s['warmup']} steps of each "
+        "run untimed.", ""]
+    if report.get("trl_skipped"):
+        lines += [f"**TRL side skipped: {report['trl_skipped']}.**", ""]
+    lines += ["| model | n | KL | library | s/step | completions/s | tokens/s | peak RSS MB | "
+              "held-out reward | held-out exact match | % fp32 ceiling | others' CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in report["cells"]:
+        head = f"| {cell['size']} | {cell['n']} | {cell['kl']} "
+        for r in cell["libs"].values():
+            lines.append(head + f"| {r['lib']} | {r['median_step_s']:.3f} | "
+                         f"{r['completions_per_s']:.0f} | {r['tokens_per_s']:.0f} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['heldout_reward']:.3f} | "
+                         f"{r['heldout_exact_match']:.3f} | {100 * r['ceiling_frac']:.1f} | "
+                         f"{100 * r['others_busy_frac']:.0f}% |")
+        if "ratio" in cell:
+            q = cell["ratio"]
+            lines.append(head + "| **lmrl / TRL** | " + " | ".join(
+                "n/a" if q[k] is None else f"**{q[k]:.2f}x**" for k in RATIO_KEYS) + " | | |")
+    lines += ["", "Matmul ceiling (square matmuls, best of reps, GFLOP/s):", "",
+              "| n | " + " | ".join(report["matmul"]) + " |",
+              "|---|" + "---|" * len(report["matmul"])]
+    for n in next(iter(report["matmul"].values())):
+        lines.append(f"| {n} | " + " | ".join(f"{v[n]:.0f}" for v in report["matmul"].values())
+                     + " |")
+    lines += ["", f"Ceiling used: {report['ceiling_gflops']:.0f} GFLOP/s (fp32).", ""]
+    lines += stage_table(report["cells"])
+    lines += ["", "| model | parameters | layers x hidden (heads) | prompt / completion tokens | "
+              "start held-out exact match |", "|---|---|---|---|---|"]
+    for key, p in report["models"].items():
+        c = p["config"]
+        lines.append(f"| {key} | {p['params']:,} | {c['num_hidden_layers']} x "
+                     f"{c['hidden_size']} ({c['num_attention_heads']}) | {p['prompt_len']} / "
+                     f"<= {p['max_new_tokens']} | {p['start_eval']['eval/exact_match']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def stage_table(cells: list[dict]) -> list[str]:
+    """lmrl's step by stage: median seconds; model GFLOP and % of the ceiling where counted."""
+    staged = [c for c in cells if c["libs"].get("lmrl", {}).get("stages")]
+    if not staged:
+        return []
+    names = list(staged[0]["libs"]["lmrl"]["stages"])
+    lines = ["lmrl's step by stage (median seconds; model GFLOP; % of the fp32 ceiling):", "",
+             "| model | n | KL | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for cell in staged:
+        st = cell["libs"]["lmrl"]["stages"]
+        parts = []
+        for name in names:
+            s = st.get(name)
+            if s is None:
+                parts.append("")
+            elif s["gflop"] is None:
+                parts.append(f"{s['seconds']:.4f} s")
+            else:
+                parts.append(f"{s['seconds']:.4f} s; {s['gflop']:.2f}; "
+                             f"{100 * (s['ceiling_frac'] or 0):.0f}%")
+        lines.append(f"| {cell['size']} | {cell['n']} | {cell['kl']} | " + " | ".join(parts)
+                     + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------- the comparison
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny model, 2 steps, 16 held-out prompts, no idle wait, no SFT")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=None)
+    p.add_argument("--n", nargs="+", type=int, default=None, help="sort_text n (default 4 5)")
+    p.add_argument("--kl", nargs="+", type=float, default=None, help="KL weights (0 0.04)")
+    p.add_argument("--libs", nargs="+", choices=["lmrl", "trl"], default=["lmrl", "trl"])
+    p.add_argument("--steps", type=int, default=None, help="override each size's step count")
+    p.add_argument("--sft-steps", type=int, default=None,
+                   help="cap of the SFT warm start's steps (0: start from the random init)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per library per cell (2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per run (3)")
+    p.add_argument("--heldout", type=int, default=None, help="held-out prompts (500)")
+    p.add_argument("--threads", type=int, default=None, help="default: all CPUs (smoke: 1)")
+    p.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for every child")
+    p.add_argument("--idle-threshold", type=float, default=0.1,
+                   help="wait until others use less than this fraction of all cores")
+    p.add_argument("--idle-timeout", type=float, default=900.0)
+    p.add_argument("--out", default=None, help="results directory (default bench/results; "
+                                               "smoke: bench/results/runs/vs_trl_smoke)")
+    p.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "RESULT"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    defaults = ({"sizes": ["smoke"], "n": [4], "kl": [0.04], "repeats": 1, "warmup": 0,
+                 "heldout": 16, "threads": 1} if a.smoke else
+                {"sizes": ["tiny", "20M"], "n": [4, 5], "kl": [0.0, 0.04], "repeats": 2,
+                 "warmup": 3, "heldout": 500, "threads": len(os.sched_getaffinity(0))
+                 if hasattr(os, "sched_getaffinity") else os.cpu_count()})
+    for key, value in defaults.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    a.out = Path(a.out or (RESULTS / "runs" / "vs_trl_smoke" if a.smoke else RESULTS))
+    return a
+
+
+def prepare(a, size: str, n: int, env: dict, work: Path) -> dict:
+    """The shared start of one (size, n), reused while its spec is unchanged."""
+    shape = SIZES[size]
+    spec = {"dir": str(work / f"{size}_n{n}"), "n": n, "heldout": a.heldout,
+            "threads": a.threads, **{k: shape[k] for k in ("layers", "hidden", "heads",
+                                                           "sft_steps", "sft_lr")}}
+    if a.sft_steps is not None:
+        spec["sft_steps"] = a.sft_steps
+    cached = Path(spec["dir"]) / "prepared.json"
+    if cached.is_file() and json.loads(cached.read_text())["spec"] == spec and not a.smoke:
+        return json.loads(cached.read_text())["prep"]
+    print(f"preparing {size} n={n} (init-model" + (", SFT)" if spec["sft_steps"] else ")"),
+          flush=True)
+    prep, _ = run_child("prepare", spec, env, work / "logs", f"prepare_{size}_n{n}")
+    cached.write_text(json.dumps({"spec": spec, "prep": prep}))
+    return prep
+
+
+def idle(a) -> dict:
+    """Wait for an idle machine (not in smoke mode); returns what was seen."""
+    if a.smoke:
+        return {"skipped": True, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+    return wait_for_idle(a.idle_threshold, 2.0, a.idle_timeout)
+
+
+def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: dict,
+             work: Path, ceiling: float, flip: bool) -> tuple[dict, list[dict]]:
+    """One (size, n, KL) cell: the libraries alternate (A B A B, or B A B A when flip)."""
+    order = libs[::-1] if flip else libs
+    runs: list[dict] = []
+    for rep in range(a.repeats):
+        for lib in order:
+            name = f"{lib}_{size}_n{n}_kl{kl}_r{rep}"
+            spec = {"n": n, "kl": kl, "seed": rep, "start": prep["start"],
+                    "steps": a.steps or SIZES[size]["steps"], "lr": SIZES[size]["lr"],
+                    "heldout": a.heldout, "threads": a.threads,
+                    "max_new_tokens": prep["max_new_tokens"], "run_dir": str(work / name)}
+            Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
+            before = idle(a)
+            result, seen = run_child(lib, spec, env, work / "logs", name)
+            runs.append({"lib": lib, "size": size, "n": n, "kl": kl, "rep": rep,
+                         "idle": before, "os": seen, **result})
+            print(f"{name}: median {statistics.median(result['step_seconds']):.3f} s/step, "
+                  f"held-out exact match {result['eval']['eval/exact_match']:.3f}", flush=True)
+    summary = {lib: summarize([r for r in runs if r["lib"] == lib], lib, prep, a.warmup,
+                              ceiling) for lib in libs}
+    cell = {"size": size, "n": n, "kl": kl, "libs": summary}
+    if len(summary) == 2:
+        cell["ratio"] = {k: summary["lmrl"][k] / summary["trl"][k] if summary["trl"][k] else None
+                         for k in RATIO_KEYS}
+    return cell, runs
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    a = parse_args(argv)
+    if a.child:
+        return child_main(*a.child)
+    libs = list(a.libs)
+    skipped = trl_missing() if "trl" in libs else None
+    if skipped:
+        print(f"TRL side skipped: {skipped}", flush=True)
+        libs.remove("trl")
+    env = child_env(a.threads, a.omp_wait_policy)
+    work = a.out if a.smoke else a.out / "runs" / "vs_trl"
+    idle_setup = idle(a)
+    sizes = [64, 128] if a.smoke else [256, 512, 1024, 2048]
+    setup, _ = run_child("setup", {"threads": a.threads, "matmul_sizes": sizes}, env,
+                         work / "logs", "setup")
+    setup["matmul"] = {dt: {int(k): v for k, v in g.items()} for dt, g in setup["matmul"].items()}
+    ceiling = max(setup["matmul"]["float32"].values())
+    print(f"fp32 matmul ceiling {ceiling:.0f} GFLOP/s ({a.threads} threads)", flush=True)
+    models, cells, runs = {}, [], []
+    for size in a.sizes:
+        for n in a.n:
+            prep = models[f"{size} n={n}"] = prepare(a, size, n, env, work)
+            for kl in a.kl:
+                cell, cell_runs = run_cell(a, libs, size, n, kl, prep, env, work, ceiling,
+                                           flip=len(cells) % 2 == 1)
+                cells.append(cell)
+                runs += cell_runs
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None
+              else "vs_trl.py " + " ".join(argv),
+              "machine": setup["machine"], "versions": versions(), "trl_skipped": skipped,
+              "settings": {"threads": a.threads, "omp_wait_policy": a.omp_wait_policy,
+                           "warmup": a.warmup, "repeats": a.repeats, "heldout": a.heldout,
+                           "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
+                           "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold},
+              "idle_before_setup": idle_setup, "matmul": setup["matmul"],
+              "ceiling_gflops": ceiling, "models": models, "cells": cells, "runs": runs}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "vs_trl.json").write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (a.out / "vs_trl.md").write_text(table)
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
