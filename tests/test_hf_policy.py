@@ -253,3 +253,43 @@ def test_grpo_step_runs_with_an_hf_policy_on_prompt_batches():
 
 def test_grpo_step_runs_with_an_hf_policy_on_text_prompts():
     run_step("text")
+
+
+def test_shared_prompt_pass_equals_full_pass_in_value_and_gradient(policy):
+    """The log-prob pass runs each prompt once per group; it must match running every row."""
+    g = torch.Generator().manual_seed(5)
+    rollout = policy.sample(PROMPTS, 4, generator=g)
+    results = []
+    for share in (True, False):
+        policy.share_prompt = share
+        policy.zero_grad(set_to_none=True)
+        logp, entropy = policy.logprobs(PROMPTS, rollout.responses, rollout.response_mask, True)
+        (logp * torch.linspace(-1, 1, logp.numel()).reshape(logp.shape)).sum().backward()
+        results.append((logp.detach(), entropy, [p.grad.clone() for p in policy.parameters()]))
+    policy.share_prompt = True
+    (lp_a, h_a, g_a), (lp_b, h_b, g_b) = results
+    torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
+    """The decode loop must not re-concatenate the KV cache each token (BufferLayer), and the
+    result must equal the plain dynamic cache's."""
+    import lmrl.policies.hf as hf
+
+    kinds = []
+    real = hf.preallocate
+
+    def spy(cache, capacity):
+        real(cache, capacity)
+        kinds.append({type(layer).__name__ for layer in cache.layers})
+
+    monkeypatch.setattr(hf, "preallocate", spy)
+    fast = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(2))
+    assert kinds == [{"BufferLayer"}]
+    monkeypatch.setattr(hf, "preallocate", lambda cache, capacity: None)
+    plain = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(fast.responses, plain.responses)
+    torch.testing.assert_close(fast.logp, plain.logp, atol=1e-5, rtol=0)

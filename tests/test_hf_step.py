@@ -113,26 +113,31 @@ class CountingTask:
         return sums, {"digit_sum": sums}
 
 
-def count_forwards(policy: HFPolicy) -> list[tuple[int, int]]:
-    """Record (rows, columns) of every forward call of the policy's model."""
-    calls: list[tuple[int, int]] = []
+def count_forwards(policy: HFPolicy) -> list[tuple[int, int, bool]]:
+    """Record (rows, columns, grad enabled) of every forward call of the policy's model."""
+    calls: list[tuple[int, int, bool]] = []
     policy.model.register_forward_pre_hook(
-        lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+        lambda _m, _a, kw: calls.append((*kw["input_ids"].shape, torch.is_grad_enabled())),
+        with_kwargs=True)
     return calls
 
 
 def test_mu_one_without_kl_makes_one_logprob_pass_and_no_reference():
+    """Sampling: one prefill of the B prompts, then one call per further token (no grad). The
+    log-prob pass: the B prompts once, then the N responses on their shared cache (with grad).
+    Nothing else: no pass for logp_old (μ = 1) and none for a reference (λ = 0)."""
     cfg = cfg_with(algo={"kl_weight": 0.0})
     policy = make_policy()
     state = build_state(cfg, policy)
     assert state.reference is None  # no model copy without a KL term
     calls = count_forwards(policy)
     metrics = grpo_step(state, CountingTask(), cfg)
-    full_passes = [c for c in calls if c[1] > 1 and c[0] == 16]  # prompt + response, N rows
-    prefill = [c for c in calls if c[0] == 4]  # the prompts, once, before the cache is repeated
-    decode_steps = [c for c in calls if c[1] == 1]
-    assert len(prefill) == 1 and len(full_passes) == 1
-    assert len(calls) == 1 + len(decode_steps) + 1
+    sampling = [c for c in calls if not c[2]]
+    logprob_pass = [c for c in calls if c[2]]
+    T = len(sampling)  # prefill + (T - 1) decode steps
+    assert sampling[0][0] == 4 and all(c[:2] == (16, 1) for c in sampling[1:])
+    assert [c[0] for c in logprob_pass] == [4, 16]
+    assert logprob_pass[1][1] == T - 1  # response columns 0..T-2 predict tokens 1..T-1
     # μ = 1: logp_old is the detached current log-probs, so the ratio is exactly 1.
     assert metrics["loss/ratio_min"] == 1.0 == metrics["loss/ratio_max"]
 
@@ -153,7 +158,7 @@ def test_reference_is_a_frozen_in_memory_copy_and_costs_one_pass(monkeypatch):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
     ref_calls = count_forwards(ref)
     grpo_step(state, CountingTask(), cfg)
-    assert len(ref_calls) == 1  # one log-prob pass of the reference per step
+    assert [c[0] for c in ref_calls] == [4, 16]  # one log-prob pass (prompts, then responses)
     assert not all(torch.equal(a, b) for a, b in zip(ref.parameters(), policy.parameters(),
                                                      strict=True))
     grpo_step(state, CountingTask(), cfg)  # step 2: refreshed

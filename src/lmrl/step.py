@@ -92,9 +92,12 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     budget = getattr(policy, "max_new_tokens", None)
     denominator = loss_denominator(batch.response_mask, a.aggregation, constant=budget)
     logp_old: list[Tensor] | None = None
+    times: dict[str, float] = {}
     for _ in range(a.mu):
         logp_old, diag = policy_update(state, cfg, batch.split(tr.grad_accum), logp_old,
                                        denominator)
+        for key in ("time/logprob_seconds", "time/backward_seconds", "time/optimizer_seconds"):
+            times[key] = times.get(key, 0.0) + diag.pop(key)  # summed over the μ passes
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     state.scheduler.step()
     state.step += 1
@@ -104,6 +107,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     return {
         **reward_metrics(rewards, table, delta, task, rollout),
         **diag,
+        **times,
         "train/lr": lr,
         "train/ref_refreshed": float(refreshed),
         "time/sample_seconds": t_sampled - t0,
@@ -128,7 +132,9 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
     a = cfg.algo
     state.optimizer.zero_grad(set_to_none=True)
     stored, parts = [], []
+    clock = {"forward": 0.0, "backward": 0.0}
     for i, mb in enumerate(micro):
+        t0 = time.perf_counter()
         mask = mb.response_mask
         logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mask, with_entropy=True)
         old = logp.detach() if logp_old is None else logp_old[i]
@@ -141,14 +147,23 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
             kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)
             loss_tok = pg + a.kl_weight * kl
         loss = aggregate(loss_tok, mask, a.aggregation, denominator)
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
+        clock["forward"] += t1 - t0
+        clock["backward"] += t2 - t1
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
         parts.append((mask.sum().item(), diag))
+    t3 = time.perf_counter()
     grad_norm = grad_clip(state, cfg.train.grad_clip)
     state.optimizer.step()
     diag = combine(parts)
     diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
     diag["policy/grad_norm"] = grad_norm
+    # Stage times of this pass (log-prob forward + loss, backward, clip + optimizer).
+    diag["time/logprob_seconds"] = clock["forward"]
+    diag["time/backward_seconds"] = clock["backward"]
+    diag["time/optimizer_seconds"] = time.perf_counter() - t3
     return stored, diag
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from lmrl.policies.base import Rollout, entropy_from_logits
@@ -93,6 +94,44 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
     return token.squeeze(-1) if order is None else order.gather(-1, token).squeeze(-1)
 
 
+class BufferLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in a buffer preallocated for the whole rollout:
+    each new token is written in place instead of re-concatenating the cache (which copies
+    O(T²) per rollout). `keys` / `values` are views of the filled part."""
+
+    def __init__(self, layer: DynamicLayer, capacity: int) -> None:
+        super().__init__()
+        k, v = layer.keys, layer.values  # (N, H, S, D)
+        self._k = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
+        self._v = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
+        self._k[:, :, :k.shape[2]] = k
+        self._v[:, :, :v.shape[2]] = v
+        self.length, self.device, self.is_initialized = k.shape[2], k.device, True
+        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs
+               ) -> tuple[Tensor, Tensor]:
+        end = self.length + key_states.shape[2]
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def preallocate(cache: DynamicCache, capacity: int) -> None:
+    """Swap the cache's plain dynamic layers for BufferLayers of `capacity` positions (no-op for
+    caches of another kind, e.g. sliding-window layers, or older transformers)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized
+                         for layer in layers):
+        return
+    cache.layers = [BufferLayer(layer, capacity) for layer in layers]
+
+
 class HFPolicy(nn.Module):
     """An AutoModelForCausalLM and its tokenizer, with sample(...) and logprobs(...).
 
@@ -109,6 +148,9 @@ class HFPolicy(nn.Module):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.top_k, self.top_p = max_new_tokens, top_k, top_p
         self.temperature, self.stop = temperature, tuple(stop)
+        # Log-prob passes run each prompt once per group and share its KV cache (set False to
+        # run every row's prompt, e.g. for models whose cache cannot be repeated).
+        self.share_prompt = True
         self.add_special_tokens, self.autocast = add_special_tokens, autocast
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos = {eos} if isinstance(eos, int) else set(eos or [])
@@ -211,6 +253,7 @@ class HFPolicy(nn.Module):
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(batch.input_ids, batch.attention_mask, cache, 1)[:, -1]  # (B, V)
         cache.batch_repeat_interleave(G)
+        preallocate(cache, batch.input_ids.shape[1] + max_new)
         logits = logits.repeat_interleave(G, dim=0)  # (N, V)
         mask = batch.attention_mask.repeat_interleave(G, dim=0)  # (N, L + t)
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
@@ -274,18 +317,16 @@ class HFPolicy(nn.Module):
         """log π(token | prompt, tokens before it), one forward pass over prompt + response.
 
         Shapes: B prompts, responses and response_mask (B, G, T) -> (B, G, T) [, entropy].
-        Only the T+1 last columns' logits are computed (logits_to_keep), never the prompt's.
+        Only the logits that predict response tokens are computed, never the prompt's.
         """
         batch = self.encode(prompts)
         B, G, T = responses.shape
         responses = responses.to(self.device).reshape(B * G, T)
         mask = response_mask.to(self.device).reshape(B * G, T)
-        input_ids = torch.cat([batch.input_ids.repeat_interleave(G, dim=0), responses], dim=1)
-        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
-                                    mask.long()], dim=1)
-        # Column j predicts token j+1: the response's T tokens are predicted by the T columns
-        # ending one before the last.
-        logits = self._forward(input_ids, attention_mask, None, T + 1)[:, :-1]  # (N, T, V)
+        if self.share_prompt and G > 1:
+            logits = self._logits_shared_prompt(batch, responses, mask, G)  # (N, T, V)
+        else:
+            logits = self._logits_full(batch, responses, mask, G)  # (N, T, V)
         logp = logits.gather(-1, responses[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
         logp = (logp * mask).reshape(B, G, T)
         entropy = None
@@ -293,3 +334,35 @@ class HFPolicy(nn.Module):
             with torch.no_grad():
                 entropy = (entropy_from_logits(logits) * mask).reshape(B, G, T)
         return logp, entropy
+
+    def _logits_full(self, batch: PromptBatch, responses: Tensor, mask: Tensor, G: int
+                     ) -> Tensor:
+        """One pass over prompt + response for each of the N rows. -> (N, T, V)."""
+        T = responses.shape[1]
+        input_ids = torch.cat([batch.input_ids.repeat_interleave(G, dim=0), responses], dim=1)
+        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
+                                    mask.long()], dim=1)
+        # Column j predicts token j+1: the response's T tokens are predicted by the T columns
+        # ending one before the last.
+        return self._forward(input_ids, attention_mask, None, T + 1)[:, :-1]
+
+    def _logits_shared_prompt(self, batch: PromptBatch, responses: Tensor, mask: Tensor,
+                              G: int) -> Tensor:
+        """The prompt once per group, its KV cache shared by the group's G responses.
+
+        Same logits as `_logits_full` (tested), with B instead of N = B·G rows through the
+        prompt's columns; gradients flow through the shared cache into the prompt pass, where
+        autograd sums the G rows' contributions, as separate passes would. -> (N, T, V).
+        """
+        cache = DynamicCache(config=self.model.config)
+        first = self._forward(batch.input_ids, batch.attention_mask, cache, 1)  # (B, 1, V)
+        cache.batch_repeat_interleave(G)
+        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
+                                    mask.long()], dim=1)  # (N, L + T)
+        T = responses.shape[1]
+        first = first.repeat_interleave(G, dim=0)  # (N, 1, V): predicts response token 0
+        if T == 1:
+            return first
+        # Response column j predicts token j+1; the last column predicts nothing we score.
+        rest = self._forward(responses[:, :-1], attention_mask[:, :-1], cache, T - 1)
+        return torch.cat([first, rest], dim=1)
