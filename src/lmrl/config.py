@@ -15,7 +15,7 @@ from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
 
 TASKS = ("sort", "sort_text", "addition", "multiplication", "countdown", "gsm8k", "user")
 TEXT_TASKS = TASKS[1:]
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "autocast", "bfloat16")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
@@ -88,7 +88,8 @@ class PolicyConfig:
     stop: tuple[str, ...] = ()
     """Stop strings: a completion ends at the token that completes one (kept in the text)."""
     dtype: str = "auto"
-    """Weights dtype. auto: float32 weights, plus bfloat16 autocast on GPU. Causal LMs only."""
+    """auto: float32 weights, plus bfloat16 autocast on GPU; autocast: bfloat16 autocast on any
+    device (fast on CPUs with AVX512-BF16/AMX); float32; bfloat16 (bfloat16 weights)."""
     device: str = "auto"
     """cpu, cuda, cuda:1, ... (auto: cuda if available). Causal LMs only."""
     trust_remote_code: bool = False

@@ -177,7 +177,9 @@ class HFPolicy(nn.Module):
         """Load a local directory or hub name; kwargs are HFPolicy's sampling settings.
 
         dtype auto: float32 weights, with bfloat16 autocast on a GPU (the optimizer keeps fp32
-        master weights); bfloat16: bfloat16 weights; float32: no autocast anywhere.
+        master weights); autocast: the same on any device, a CPU included (CPUs with AVX512-BF16
+        or AMX multiply in bfloat16 several times faster); bfloat16: bfloat16 weights;
+        float32: no autocast anywhere.
         """
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,7 +192,8 @@ class HFPolicy(nn.Module):
         except OSError as err:
             raise FileNotFoundError(f"cannot load model {path_or_name!r}: {err}. Give a local "
                                     "directory (lmrl init-model makes one) or a hub name") from err
-        autocast = torch.bfloat16 if dtype == "auto" and str(device).startswith("cuda") else None
+        on_gpu = str(device).startswith("cuda")
+        autocast = torch.bfloat16 if dtype == "autocast" or (dtype == "auto" and on_gpu) else None
         return cls(model.to(device), tokenizer, autocast=autocast, **kwargs)
 
     def save_pretrained(self, out_dir) -> None:
