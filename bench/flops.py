@@ -77,15 +77,31 @@ def logprob_flops(m: ModelShape, prompt_len: float, length: float) -> float:
     return forward_flops(m, prompt_len + length - 1, 0, length)
 
 
+def shared_logprob_flops(m: ModelShape, B: int, prompt_len: float, lengths: list[float]
+                         ) -> float:
+    """lmrl's log-prob pass: each of the B prompts once (logits at its last position), then
+    each completion's tokens 0..t-2 on its group's cached prompt, with logits at all of them.
+    With G = 1 this equals the standard pass (tested)."""
+    prefix = B * forward_flops(m, prompt_len, 0, 1)
+    return prefix + sum(forward_flops(m, t - 1, prompt_len, t - 1) for t in lengths)
+
+
 def step_flops(m: ModelShape, B: int, G: int, prompt_len: float, lengths: list[float],
-               kl: bool, mu: int = 1) -> dict[str, float]:
+               kl: bool, mu: int = 1, shared_prompt: bool = False) -> dict[str, float]:
     """FLOPs of one GRPO step by stage; `lengths` holds the N = B·G completion lengths (a mean
-    repeated N times is exact for every term but the small quadratic attention one)."""
+    repeated N times is exact for every term but the small quadratic attention one).
+
+    shared_prompt=False counts the step's standard model FLOPs (every completion's log-prob
+    pass runs its own prompt, as TRL does); True counts what lmrl executes (the prompt once per
+    group), for its actual share of the ceiling."""
     if len(lengths) != B * G:
         raise ValueError(f"need B*G = {B * G} completion lengths, got {len(lengths)}")
     sample = B * forward_flops(m, prompt_len, 0, 1) + \
         sum(decode_flops(m, prompt_len, t) for t in lengths)
-    logprob = sum(logprob_flops(m, prompt_len, t) for t in lengths)
+    if shared_prompt:
+        logprob = shared_logprob_flops(m, B, prompt_len, lengths)
+    else:
+        logprob = sum(logprob_flops(m, prompt_len, t) for t in lengths)
     stages = {"sample": sample, "ref": logprob if kl else 0.0, "update": 3 * mu * logprob}
     return {**stages, "total": sum(stages.values())}
 

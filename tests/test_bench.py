@@ -151,3 +151,18 @@ def test_smoke_runs_both_libraries(tmp_path):
     assert set(cell["ratio"]) == set(vs_trl.RATIO_KEYS)
     trl_run = next(r for r in report["runs"] if r["lib"] == "trl")
     assert trl_run["torch_threads"] == 1 and len(trl_run["tokens"]) == 2
+
+
+def test_shared_prompt_flops_equal_the_standard_pass_for_one_sample_per_prompt():
+    """G = 1: running the prompt once per group is running it once per completion."""
+    from flops import ModelShape, logprob_flops, shared_logprob_flops, step_flops
+
+    m = ModelShape(layers=2, hidden=8, heads=2, kv_heads=2, head_dim=4, intermediate=16,
+                   vocab=12)
+    lengths = [3.0, 5.0, 1.0]
+    standard = sum(logprob_flops(m, 7, t) for t in lengths)
+    assert shared_logprob_flops(m, 3, 7, lengths) == pytest.approx(standard)
+    # G = 4: the prompt's 7 tokens run for 2 prompts instead of 8 completions.
+    shared = step_flops(m, 2, 4, 7, [4.0] * 8, kl=True, shared_prompt=True)
+    full = step_flops(m, 2, 4, 7, [4.0] * 8, kl=True)
+    assert shared["sample"] == full["sample"] and shared["ref"] < full["ref"]
