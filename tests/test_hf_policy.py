@@ -49,13 +49,7 @@ def tiny_model(arch: str) -> torch.nn.Module:
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ops of microseconds: a second OpenMP thread only contends for the core (threads.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

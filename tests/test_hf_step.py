@@ -17,12 +17,7 @@ from lmrl.step import Batch, grpo_step, policy_update  # noqa: E402
 PROMPTS = ["1 2", "3 4 5 6 7", "8", "9 0 1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_policy(**kwargs) -> HFPolicy:

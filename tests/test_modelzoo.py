@@ -20,12 +20,7 @@ TEXT = "12 + 30 =\n42 é  7"  # spaces (doubled too), newline, digits, "=", a 2-
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
