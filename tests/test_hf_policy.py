@@ -287,3 +287,14 @@ def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
     plain = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(2))
     assert torch.equal(fast.responses, plain.responses)
     torch.testing.assert_close(fast.logp, plain.logp, atol=1e-5, rtol=0)
+
+
+def test_eager_attention_gives_the_same_logprobs(policy, tmp_path):
+    """--attn-implementation reaches the model, and the kernel does not change the math."""
+    policy.save_pretrained(tmp_path)
+    eager = HFPolicy.from_pretrained(str(tmp_path), max_new_tokens=8, attn_implementation="eager")
+    assert eager.model.config._attn_implementation == "eager"
+    rollout = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(4))
+    a, _ = policy.logprobs(PROMPTS, rollout.responses, rollout.response_mask)
+    b, _ = eager.logprobs(PROMPTS, rollout.responses, rollout.response_mask)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

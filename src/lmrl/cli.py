@@ -237,6 +237,7 @@ def cmd_eval(args: list[str]) -> None:
     task = text_task(task_cfg, model=model)
     policy = HFPolicy.from_pretrained(model, device=a.device, dtype=p.dtype,
                                       trust_remote_code=p.trust_remote_code,
+                                      attn_implementation=p.attn_implementation,
                                       max_new_tokens=p.max_new_tokens or task.max_new_tokens,
                                       stop=p.stop)
     metrics, shown = evaluate_text(task, policy, torch.Generator().manual_seed(a.seed),

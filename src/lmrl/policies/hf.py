@@ -173,22 +173,26 @@ class HFPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_name: str, dtype: str = "auto", device: str = "auto",
-                        trust_remote_code: bool = False, **kwargs) -> "HFPolicy":
+                        trust_remote_code: bool = False, attn_implementation: str = "auto",
+                        **kwargs) -> "HFPolicy":
         """Load a local directory or hub name; kwargs are HFPolicy's sampling settings.
 
         dtype auto: float32 weights, with bfloat16 autocast on a GPU (the optimizer keeps fp32
         master weights); autocast: the same on any device, a CPU included (CPUs with AVX512-BF16
         or AMX multiply in bfloat16 several times faster); bfloat16: bfloat16 weights;
-        float32: no autocast anywhere.
+        float32: no autocast anywhere. attn_implementation (sdpa, eager, ...; auto: the
+        model's default) is passed to transformers.
         """
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             tokenizer = AutoTokenizer.from_pretrained(path_or_name,
                                                       trust_remote_code=trust_remote_code)
+            attn = {} if attn_implementation == "auto" else \
+                {"attn_implementation": attn_implementation}
             model = AutoModelForCausalLM.from_pretrained(
                 path_or_name, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
-                trust_remote_code=trust_remote_code)
+                trust_remote_code=trust_remote_code, **attn)
         except OSError as err:
             raise FileNotFoundError(f"cannot load model {path_or_name!r}: {err}. Give a local "
                                     "directory (lmrl init-model makes one) or a hub name") from err
