@@ -1,26 +1,53 @@
 """Sampling and log-prob + backward time of one batch (B=16 x G=8, sort_text n=5) under the
-sdpa and eager attention kernels, alternated twice in one process.
+sdpa and eager attention kernels, alternated twice in one process (machines here are noisy).
 
-    .venv/bin/python bench/attention.py MODEL_DIR
+    .venv/bin/python bench/attention.py MODEL_DIR [--threads 2]
 """
-import time, torch, sys
-torch.set_num_threads(2)
-from lmrl.policies.hf import HFPolicy
+
+import argparse
+import time
+
+import torch
+
 from lmrl.config import Config
+from lmrl.policies.hf import HFPolicy
 from lmrl.trainer import build_task
-cfg = Config().replace(policy={"model": sys.argv[1]}, task={"task":"sort_text","n":5,"heldout_size":500})
-task = build_task(cfg)
-pol = HFPolicy.from_pretrained(sys.argv[1], max_new_tokens=task.max_new_tokens)
-g = torch.Generator().manual_seed(0)
-ex = task.sample_prompts(16, g); prompts=pol.encode([e["prompt"] for e in ex])
-def timeit(f, k=20):
-    for _ in range(3): f()
-    t=time.perf_counter()
-    for _ in range(k): f()
-    return (time.perf_counter()-t)/k
-ro = pol.sample(prompts, 8, generator=g)
-def lp():
-    pol.zero_grad(); l,_ = pol.logprobs(prompts, ro.responses, ro.response_mask, True); l.sum().backward()
-for impl in ["sdpa", "eager", "sdpa", "eager"]:
-    pol.model.set_attn_implementation(impl)
-    print(impl, "sample %.4f" % timeit(lambda: pol.sample(prompts, 8, generator=g)), "logprob+bwd %.4f" % timeit(lp))
+
+
+def seconds(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = Config().replace(policy={"model": args.model},
+                           task={"task": "sort_text", "n": 5, "heldout_size": 500})
+    task = build_task(cfg)
+    policy = HFPolicy.from_pretrained(args.model, max_new_tokens=task.max_new_tokens)
+    g = torch.Generator().manual_seed(0)
+    prompts = policy.encode([ex["prompt"] for ex in task.sample_prompts(16, g)])
+    rollout = policy.sample(prompts, 8, generator=g)
+
+    def logprob_and_backward() -> None:
+        policy.zero_grad()
+        logp, _ = policy.logprobs(prompts, rollout.responses, rollout.response_mask, True)
+        logp.sum().backward()
+
+    for impl in ["sdpa", "eager", "sdpa", "eager"]:
+        policy.model.set_attn_implementation(impl)
+        sample = seconds(lambda: policy.sample(prompts, 8, generator=g))
+        print(f"{impl:<6} sample {sample:.4f} s  log-prob + backward "
+              f"{seconds(logprob_and_backward):.4f} s")
+
+
+if __name__ == "__main__":
+    main()
