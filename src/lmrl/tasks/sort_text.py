@@ -19,6 +19,7 @@ tokens. Appending junk after a right answer costs the graded rewards nothing, wh
 `max_new_tokens` leaves no room for it.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -44,6 +45,13 @@ def parse_int(token: str) -> int | None:
 
 def _positions(numbers: list[list[int]], completions: list[str]
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Parse once per batch: a step scores the same completions with all four rewards."""
+    return _parsed(tuple(map(tuple, numbers)), tuple(completions))
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed(numbers: tuple[tuple[int, ...], ...], completions: tuple[str, ...]
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Prompts (N, n), responses (N, 1, n), which positions hold a number (N, 1, n) and each
     completion's token count (N,).
 
