@@ -129,3 +129,17 @@ def test_user_data_with_a_module_function_reward_trains_end_to_end(tmp_path, mon
     assert step["train/reward_mean"] == pytest.approx(
         step["train/reward_correct"] + 0.5 * step["train/reward_short"], abs=1e-5)
     assert "eval/exact_match" in rows[0]  # a reward named `correct` is the correctness
+
+
+def test_pass_at_k_without_a_correctness_reward_is_refused(tmp_path, monkeypatch):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}="}) + "\n" for i in range(10)))
+    (tmp_path / "len_reward.py").write_text(
+        "def short(prompts, completions, **columns):\n"
+        "    return [-len(c) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "unused", "--task", "user", "--data", str(data),
+              "--heldout-size", "2", "--reward-fns", "len_reward:short", "--eval-samples", "4",
+              "--run-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and not (tmp_path / "run").exists()

@@ -160,6 +160,9 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task=None,
     """Run a whole training job; returns the summary (also written to summary.json)."""
     configure_threads(cfg.train.threads, "toy" if cfg.is_toy else "lm")
     task = task if task is not None else build_task(cfg)
+    if cfg.log.eval_samples and getattr(task, "correctness", "") is None:
+        raise ConfigError("log.eval_samples asks for pass@k, but this task has no correctness "
+                          "reward (name one of your reward functions `correct`); drop it")
     run_dir = prepare_run_dir(cfg)
     if policy is None:
         policy = build_policy(cfg, getattr(task, "max_new_tokens", 64))
