@@ -143,3 +143,29 @@ def test_pass_at_k_without_a_correctness_reward_is_refused(tmp_path, monkeypatch
               "--heldout-size", "2", "--reward-fns", "len_reward:short", "--eval-samples", "4",
               "--run-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and not (tmp_path / "run").exists()
+
+
+def gsm8k_rows(path):
+    rows = [{"question": f"Tom has {a} apples and buys {b} more. How many apples now?",
+             "answer": f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
+            for a in range(1, 7) for b in range(1, 4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("task", [
+    ["--task", "addition", "--digits", "2"],
+    ["--task", "multiplication", "--digits", "1", "--heldout-size", "10"],
+    ["--task", "countdown", "--n", "3", "--heldout-size", "20"],
+    ["--task", "gsm8k", "--heldout-size", "4"],
+])
+def test_every_text_task_runs_init_model_and_a_training_step(task, tmp_path):
+    if "gsm8k" in task:
+        task = task + ["--data", str(gsm8k_rows(tmp_path / "gsm8k.jsonl"))]
+    main(["init-model", "--out", str(tmp_path / "init"), "--hidden-size", "16", "--layers", "1",
+          "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "init"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "1", "--B", "2", "--G", "2", "--max-new-tokens", "4", "--eval-limit", "4",
+          "--no-progress", "--threads", "1", *task])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 1 and 0.0 <= summary["eval/exact_match"] <= 1.0
