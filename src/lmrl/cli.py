@@ -225,21 +225,19 @@ def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
 def cmd_eval(args: list[str]) -> None:
     import torch
 
-    from lmrl.policies.hf import HFPolicy
+    from lmrl.state import build_policy
     from lmrl.tasks.text import evaluate_text
     from lmrl.threads import configure_threads
+    from lmrl.trainer import build_task
 
     a = tyro.cli(EvalArgs, args=args, prog="lmrl eval",
                  description="Greedy held-out evaluation of a causal-LM checkpoint.",
                  config=(tyro.conf.OmitArgPrefixes,))
     configure_threads(a.threads, "lm")
     model, task_cfg, p = eval_settings(a)
-    task = text_task(task_cfg, model=model)
-    policy = HFPolicy.from_pretrained(model, device=a.device, dtype=p.dtype,
-                                      trust_remote_code=p.trust_remote_code,
-                                      attn_implementation=p.attn_implementation,
-                                      max_new_tokens=p.max_new_tokens or task.max_new_tokens,
-                                      stop=p.stop)
+    cfg = Config(task=task_cfg, policy=dataclasses.replace(p, model=model, device=a.device))
+    task = build_task(cfg)
+    policy = build_policy(cfg, task.max_new_tokens)  # as training loads it
     metrics, shown = evaluate_text(task, policy, torch.Generator().manual_seed(a.seed),
                                    num_samples=a.samples, max_examples=a.limit or None,
                                    num_logged=a.show)

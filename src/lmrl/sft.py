@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
 from lmrl.policies.hf import HFPolicy
+from lmrl.state import schedule_factor
 from lmrl.tasks.text import Example, TextTask, evaluate_text
 
 
@@ -59,10 +60,7 @@ def lr_at(step: int, steps: int, lr: float, warmup_steps: int) -> float:
     Example: steps=100, warmup_steps=10, lr=1e-3: step 0 -> 1e-4, step 9 -> 1e-3,
     step 55 -> 5e-4.
     """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return lr * schedule_factor(step, steps, warmup_steps, "cosine", 0.0)
 
 
 def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: float = 1e-3,

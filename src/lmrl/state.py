@@ -71,35 +71,32 @@ def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
         top_k=p.top_k, top_p=p.top_p, stop=p.stop)
 
 
+def schedule_factor(step: int, steps: int, warmup_steps: int, schedule: str,
+                    min_lr_frac: float) -> float:
+    """Multiplier of the peak lr at `step` (from 0): linear warm-up, then constant / cosine /
+    linear decay to min_lr_frac at `steps`. Shared by GRPO (lr_lambda) and SFT."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_lr_frac + (1.0 - min_lr_frac) * shape
+
+
 def lr_lambda(cfg: Config):
-    """Multiplier of the peak lr at each step: linear warm-up, then constant / cosine / linear."""
+    """The training config's schedule as a LambdaLR multiplier."""
     tr = cfg.train
-
-    def factor(step: int) -> float:
-        if step < tr.warmup_steps:
-            return (step + 1) / tr.warmup_steps
-        if tr.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - tr.warmup_steps) / max(1, tr.steps - tr.warmup_steps))
-        if tr.schedule == "cosine":
-            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            shape = 1.0 - progress
-        return tr.min_lr_frac + (1.0 - tr.min_lr_frac) * shape
-
-    return factor
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
+    return lambda step: schedule_factor(step, tr.steps, tr.warmup_steps, tr.schedule,
+                                        tr.min_lr_frac)
 
 
 def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     """Seed everything and build a fresh state (policy is built from the config if not given)."""
     seed = cfg.train.seed
-    seed_everything(seed)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
     policy = policy if policy is not None else build_policy(cfg)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
                                   weight_decay=cfg.train.weight_decay)

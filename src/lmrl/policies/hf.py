@@ -302,12 +302,6 @@ class HFPolicy(nn.Module):
         hit[hits] = True
         return hit
 
-    def response_mask(self, responses: Tensor) -> Tensor:
-        """1.0 up to and including the first EOS, 0 after it. (..., T) -> (..., T)."""
-        is_eos = torch.isin(responses, self.eos_ids).long()
-        after_eos = (is_eos.cumsum(-1) - is_eos) > 0
-        return (~after_eos).float()
-
     def decode(self, responses: Tensor, response_mask: Tensor) -> list[list[str]]:
         """Text of each response without its EOS and padding. (B, G, T) -> B lists of G."""
         keep = response_mask.bool() & ~torch.isin(responses, self.eos_ids)

@@ -19,7 +19,7 @@ def build_task(t):
                         train_frac=t.train_frac, heldout_size=t.heldout_size or SORT_HELDOUT,
                         constants_in_train=t.constants_in_train, split_seed=t.split_seed,
                         reward=t.reward)
-    from lmrl.tasks.text import load_reward_fn
+    from lmrl.tasks.text import check_reward_names, load_reward_fn
 
     split = {"split_seed": t.split_seed}
     if t.heldout_size is not None:  # else the task's own default
@@ -45,22 +45,9 @@ def build_task(t):
 
         if t.heldout_data is not None:
             split = {}
-        task = UserTask(data=t.data, reward_fns=list(t.reward_fns), heldout_data=t.heldout_data,
-                        **split)
-        check_reward_names([r.name for r in task.rewards])
-        return task
+        # Its reward functions are the configured ones; it checks their names itself.
+        return UserTask(data=t.data, reward_fns=list(t.reward_fns),
+                        heldout_data=t.heldout_data, **split)
     task.rewards = task.rewards + [load_reward_fn(spec) for spec in t.reward_fns]
-    check_reward_names([r.name for r in task.rewards])
+    check_reward_names([r.name for r in task.rewards])  # now, not at the first step
     return task
-
-
-# train/reward_<name> must not collide with the step's own reward statistics.
-RESERVED_REWARD_NAMES = {"mean", "std", "group_max"}
-
-
-def check_reward_names(names: list[str]) -> None:
-    clash = [n for n in names if n in RESERVED_REWARD_NAMES or names.count(n) > 1]
-    if clash:
-        raise ValueError(f"reward function names must be unique and not one of "
-                         f"{sorted(RESERVED_REWARD_NAMES)}; got {names}. Rename "
-                         f"{sorted(set(clash))}")

@@ -98,6 +98,19 @@ def _first_failure(reward: RewardFn, prompts, completions, columns, err: Excepti
     return f"reward {reward.name!r} raised {type(err).__name__}: {err} on the whole batch"
 
 
+# train/reward_<name> must not collide with the step's own reward statistics.
+RESERVED_REWARD_NAMES = {"mean", "std", "group_max"}
+
+
+def check_reward_names(names: list[str]) -> None:
+    """Each reward is logged under its name, so names must differ and avoid reserved ones."""
+    clash = [n for n in names if n in RESERVED_REWARD_NAMES or names.count(n) > 1]
+    if clash:
+        raise ValueError(f"reward functions {names} share a name or take a reserved one: each is "
+                         f"logged as train/reward_<name>, so names must be unique and not one of "
+                         f"{sorted(RESERVED_REWARD_NAMES)}. Rename {sorted(set(clash))}")
+
+
 class TextTask:
     """Base of the text tasks: subclasses set `name`, `rewards`, `correctness`, `heldout` and
     implement `train_example(generator)` (or set `train`, a finite list) and `demonstration`."""
@@ -129,9 +142,7 @@ class TextTask:
     def reward_table(self, examples: list[Example], completions: list[list[str]]
                      ) -> dict[str, Tensor]:
         """Each reward function's value per completion. B examples, B lists of G -> (B, G)."""
-        names = [r.name for r in self.rewards]
-        if len(set(names)) != len(names):
-            raise ValueError(f"reward names must be unique, got {names}; rename a function")
+        check_reward_names([r.name for r in self.rewards])
         B, G = len(examples), len(completions[0]) if completions else 0
         prompts = [ex["prompt"] for ex in examples for _ in range(G)]
         flat = [c for row in completions for c in row]

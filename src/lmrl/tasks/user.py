@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmrl.tasks.text import Example, RewardError, TextTask, load_examples, load_reward_fn
+from lmrl.tasks.text import (
+    Example,
+    RewardError,
+    TextTask,
+    check_reward_names,
+    load_examples,
+    load_reward_fn,
+)
 
 CORRECTNESS_NAMES = ("correct", "exact_match")
 DEMONSTRATION_COLUMNS = ("completion", "answer")
@@ -43,9 +50,7 @@ class UserTask(TextTask):
                              "'module:function[=weight]'")
         self.rewards = [load_reward_fn(spec) for spec in self.reward_fns]
         names = [r.name for r in self.rewards]
-        if len(set(names)) != len(names):
-            raise ValueError(f"reward functions {names} share a name; each reward is logged "
-                             "under its function's name, so they must differ")
+        check_reward_names(names)
         self.correctness = next((c for c in CORRECTNESS_NAMES if c in names), None)
         rows = load_examples(self.data)
         if self.heldout_data is None:
