@@ -52,12 +52,16 @@ def tiny_model(arch: str) -> torch.nn.Module:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+# Llama runs through lmrl's own forward (the CPU default) and through transformers'; GPT-2 only
+# through transformers' (lmrl's does not support it).
+@pytest.fixture(scope="module", params=[("llama", "lmrl"), ("llama", "transformers"),
+                                        ("gpt2", "auto")], ids=lambda p: "-".join(p))
 def policy(request, tmp_path_factory) -> HFPolicy:
-    path = tmp_path_factory.mktemp(request.param)
-    tiny_model(request.param).save_pretrained(path)
+    arch, forward = request.param
+    path = tmp_path_factory.mktemp(arch)
+    tiny_model(arch).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
-    return HFPolicy.from_pretrained(str(path), max_new_tokens=8)
+    return HFPolicy.from_pretrained(str(path), max_new_tokens=8, forward=forward)
 
 
 def manual_logprobs(policy: HFPolicy, prompt: str, response: list[int]) -> torch.Tensor:
@@ -269,21 +273,37 @@ def test_shared_prompt_pass_equals_full_pass_in_value_and_gradient(policy):
 
 
 def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
-    """The decode loop must not re-concatenate the KV cache each token (BufferLayer), and the
-    result must equal the plain dynamic cache's."""
+    """The decode loop must not re-concatenate the KV cache each token (BufferLayer for
+    transformers' cache, LeanCache.reserve for lmrl's), and the result must equal the plain
+    concatenating cache's."""
     import lmrl.policies.hf as hf
+    from lmrl.policies.lean import LeanCache
 
     kinds = []
-    real = hf.preallocate
+    if policy.lean is None:
+        real = hf.preallocate
 
-    def spy(cache, capacity):
-        real(cache, capacity)
-        kinds.append({type(layer).__name__ for layer in cache.layers})
+        def spy(cache, capacity):
+            real(cache, capacity)
+            kinds.append({type(layer).__name__ for layer in cache.layers})
 
-    monkeypatch.setattr(hf, "preallocate", spy)
+        monkeypatch.setattr(hf, "preallocate", spy)
+        expected, off = [{"BufferLayer"}], (hf, "preallocate", lambda cache, capacity: None)
+    else:
+        real = LeanCache.reserve
+
+        def spy(cache, capacity):
+            real(cache, capacity)
+            kinds.append({k.untyped_storage().nbytes() // k.element_size() // k[:, :, :1].numel()
+                          for k in cache.keys})
+
+        monkeypatch.setattr(LeanCache, "reserve", spy)
+        prompt_columns = policy.encode(PROMPTS).input_ids.shape[1]
+        expected = [{prompt_columns + policy.max_new_tokens}]  # every layer's buffer: full length
+        off = (LeanCache, "reserve", lambda cache, capacity: None)
     fast = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(2))
-    assert kinds == [{"BufferLayer"}]
-    monkeypatch.setattr(hf, "preallocate", lambda cache, capacity: None)
+    assert kinds == expected
+    monkeypatch.setattr(*off)
     plain = policy.sample(PROMPTS, 3, generator=torch.Generator().manual_seed(2))
     assert torch.equal(fast.responses, plain.responses)
     torch.testing.assert_close(fast.logp, plain.logp, atol=1e-5, rtol=0)

@@ -109,11 +109,11 @@ class CountingTask:
 
 
 def count_forwards(policy: HFPolicy) -> list[tuple[int, int, bool]]:
-    """Record (rows, columns, grad enabled) of every forward call of the policy's model."""
+    """Record (rows, columns, grad enabled) of every forward pass of the policy's model, by the
+    token embedding, which either forward (lmrl's or transformers') calls once per pass."""
     calls: list[tuple[int, int, bool]] = []
-    policy.model.register_forward_pre_hook(
-        lambda _m, _a, kw: calls.append((*kw["input_ids"].shape, torch.is_grad_enabled())),
-        with_kwargs=True)
+    policy.model.get_input_embeddings().register_forward_pre_hook(
+        lambda _m, args: calls.append((*args[0].shape, torch.is_grad_enabled())))
     return calls
 
 

@@ -16,6 +16,7 @@ from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
 TASKS = ("sort", "sort_text", "addition", "multiplication", "countdown", "gsm8k", "user")
 TEXT_TASKS = TASKS[1:]
 DTYPES = ("auto", "float32", "autocast", "bfloat16")
+FORWARDS = ("auto", "lmrl", "transformers")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
@@ -97,7 +98,11 @@ class PolicyConfig:
     attn_implementation: str = "auto"
     """Attention kernel passed to transformers (sdpa, eager, ...; auto: the model's default).
     eager makes a tiny model's log-prob pass ~13% faster on a CPU (bench/README.md); sdpa
-    saves memory on long sequences."""
+    saves memory on long sequences. Only used by forward=transformers."""
+    forward: str = "auto"
+    """Which code runs the model. lmrl: lmrl's own pass over the model's parameters, with
+    fused q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window);
+    transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
@@ -278,7 +283,8 @@ def _reject_ignored(cfg: Config) -> None:
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
          "they shape the toy model, and model is a causal LM"),
         (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
-                                "dtype", "device", "trust_remote_code", "attn_implementation"),
+                                "dtype", "device", "trust_remote_code", "attn_implementation",
+                                "forward"),
          "they configure a causal LM, and model=toy"),
         (t.task != "sort", "task", ("prompts", "train_frac", "constants_in_train"),
          "only task=sort has prompt sets"),
@@ -333,6 +339,7 @@ def validate(cfg: Config) -> None:
     _choice("task", "prompts", t.prompts, PROMPT_SETS)
     _choice("policy", "init", p.init, INITS)
     _choice("policy", "dtype", p.dtype, DTYPES)
+    _choice("policy", "forward", p.forward, FORWARDS)
     _check_model_task(cfg)
     _choice("algo", "delta", a.delta, DELTAS)
     _choice("algo", "loss", a.loss, LOSSES)

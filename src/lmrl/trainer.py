@@ -113,9 +113,10 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
 
 # What a resumed run may change: how long it runs and how it logs. Anything else would make the
 # run directory a record of a run that never happened.
-# Where it runs (device, threads) may change too: the math is the same.
+# Where and how it runs (device, threads, which forward code) may change too: the math is the
+# same (up to float rounding).
 RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit"), ("train", "threads"),
-                     ("policy", "device")}
+                     ("policy", "device"), ("policy", "forward")}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:

@@ -1,0 +1,214 @@
+"""lmrl's own forward pass for Llama-family decoders, run on the transformers model's parameters.
+
+Why: on a small model on a CPU, transformers' per-layer machinery (mask construction, three
+projection matmuls, the attention-interface dispatch, cache bookkeeping) costs more than the
+arithmetic, and the CPU flash-attention kernel is slow for one-token queries with small heads.
+This forward computes the same function (tests compare it with transformers' logits) with fewer,
+bigger ops:
+
+- q, k, v in one matmul and gate, up in one: the weights are concatenated once per pass (once
+  per rollout when sampling), so gradients still land in the model's own parameters and the
+  optimizer, checkpoints and save_pretrained are unchanged;
+- rotary embedding applied to q and k together, cos/sin computed once per pass (by the model's
+  own rotary module, so every rope scaling type it knows is honoured);
+- attention as two batched matmuls and a softmax, with one additive mask built once per pass;
+- final norm and LM head only at the positions whose logits are kept;
+- a KV cache that appends by concatenation (autograd-friendly) or, after `reserve`, writes new
+  columns in place into preallocated buffers (sampling).
+
+Supported: llama, qwen2, qwen3 and mistral configs with SiLU MLPs and full attention in every
+layer. `unsupported_reason` says why anything else falls back to transformers' forward.
+
+Shapes: N rows, S new columns, K = past + S key columns, h query heads, h_kv key/value heads,
+d head dim.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """None if `LeanForward` computes this model's function, else why not."""
+    cfg = model.config
+    if cfg.model_type not in MODEL_TYPES:
+        return f"model type {cfg.model_type!r} (lmrl's forward knows {', '.join(MODEL_TYPES)})"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    layer_types = getattr(cfg, "layer_types", None) or ["full_attention"]
+    sliding = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
+    if sliding or any(t != "full_attention" for t in layer_types):
+        return "sliding-window attention"
+    if getattr(cfg, "pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1"
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "rotary_emb") or not hasattr(model, "lm_head"):
+        return "not a <Arch>ForCausalLM with .model.rotary_emb and .lm_head"
+    for layer in base.layers:
+        a, m = layer.self_attn, layer.mlp
+        if len({p.bias is None for p in (a.q_proj, a.k_proj, a.v_proj)}) > 1 or \
+                (m.gate_proj.bias is None) != (m.up_proj.bias is None):
+            return "projections with and without bias in one matmul group"
+    return None
+
+
+def rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
+    """transformers' RMSNorm: normalise in float32, cast back, then scale."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    if x.dtype == norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, x.shape[-1:], norm.weight, eps)
+    return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * norm.weight
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attention_bias(attention_mask: Tensor, S: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask (N, 1, S, K): 0 where query i (column K - S + i) may see key j, else -inf.
+
+    A key is visible if it is a real token (mask 1) at or before the query's column. A padded
+    query also sees itself, so that no row is all -inf: its softmax stays finite and no NaN can
+    reach the real rows through its keys or the backward pass. Real rows never see padding.
+    """
+    K = attention_mask.shape[1]
+    keys = torch.arange(K, device=attention_mask.device)
+    queries = keys[K - S:, None]  # (S, 1)
+    keep = (attention_mask.bool()[:, None, :] & (keys <= queries)) | (keys == queries)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(
+        ~keep, float("-inf"))[:, None]
+
+
+class LeanCache:
+    """Keys and values per layer (N, h_kv, past, d), and the pass's concatenated weights."""
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.weights: list[tuple] | None = None
+        self._buffers: list[tuple[Tensor, Tensor]] | None = None
+
+    def get_seq_length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def batch_repeat_interleave(self, G: int) -> None:
+        """Each row G times in a row (a prompt's cache shared by its G samples)."""
+        self.keys = [k.repeat_interleave(G, dim=0) for k in self.keys]
+        self.values = [v.repeat_interleave(G, dim=0) for v in self.values]
+
+    def reserve(self, capacity: int) -> None:
+        """Preallocate `capacity` columns per layer: later updates write in place instead of
+        re-concatenating (O(T) copies per token). For no-grad use (in-place writes)."""
+        self._buffers = []
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            kb = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
+            vb = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
+            kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]] = k, v
+            self._buffers.append((kb, vb))
+            self.keys[i], self.values[i] = kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer == len(self.keys):  # first pass through this layer
+            self.keys.append(k)
+            self.values.append(v)
+        elif self._buffers is None:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+        else:
+            kb, vb = self._buffers[layer]
+            start, end = self.keys[layer].shape[2], self.keys[layer].shape[2] + k.shape[2]
+            kb[:, :, start:end], vb[:, :, start:end] = k, v
+            self.keys[layer], self.values[layer] = kb[:, :, :end], vb[:, :, :end]
+        return self.keys[layer], self.values[layer]
+
+
+def _cat_or_none(tensors: list[Tensor | None]) -> Tensor | None:
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+class LeanForward:
+    """The model's forward pass with fused projections (see the module docstring).
+
+    Holds a reference to the model, not a copy: it is not an nn.Module, so the model's
+    parameters are registered once (in HFPolicy.model), and copy.deepcopy of the policy copies
+    this object along with the model it points to.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"lmrl's forward does not support this model: {reason}")
+        cfg = model.config
+        self.model = model
+        self.h, self.h_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.h
+
+    def weights(self) -> list[tuple]:
+        """Per layer (w_qkv, b_qkv, w_gate_up, b_gate_up): one concatenation per pass."""
+        out = []
+        for layer in self.model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv, gu = (a.q_proj, a.k_proj, a.v_proj), (m.gate_proj, m.up_proj)
+            out.append((torch.cat([p.weight for p in qkv]), _cat_or_none([p.bias for p in qkv]),
+                        torch.cat([p.weight for p in gu]), _cat_or_none([p.bias for p in gu])))
+        return out
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                 cache: LeanCache | None, logits_to_keep: int) -> Tensor:
+        """Logits (N, logits_to_keep, V) of the last columns of input_ids (N, S).
+
+        attention_mask (N, K) covers the cached columns and the new ones; position_ids (N, S)
+        are the new columns' positions.
+        """
+        base = self.model.model
+        N, S = input_ids.shape
+        if cache is None:
+            cache_weights = self.weights()
+        else:
+            if cache.weights is None:
+                cache.weights = self.weights()
+            cache_weights = cache.weights
+        past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask.shape[1] != past + S:
+            raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns, expected "
+                             f"{past} cached + {S} new")
+        x = base.embed_tokens(input_ids)
+        cos, sin = base.rotary_emb(x, position_ids)
+        cos, sin = cos[:, None], sin[:, None]  # (N, 1, S, d): broadcast over heads
+        bias = attention_bias(attention_mask, S, x.dtype)
+        for i, (layer, w) in enumerate(zip(base.layers, cache_weights, strict=True)):
+            x = x + self._attention(i, layer.self_attn, rms_norm(x, layer.input_layernorm), w,
+                                    cos, sin, bias, cache)
+            x = x + self._mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm), w)
+        x = rms_norm(x[:, -logits_to_keep:], base.norm)
+        return self.model.lm_head(x)
+
+    def _attention(self, i: int, attn: nn.Module, x: Tensor, w: tuple, cos: Tensor,
+                   sin: Tensor, bias: Tensor, cache: LeanCache | None) -> Tensor:
+        N, S, _ = x.shape
+        h, h_kv, d = self.h, self.h_kv, self.d
+        qkv = F.linear(x, w[0], w[1]).view(N, S, h + 2 * h_kv, d).transpose(1, 2)
+        q, k, v = qkv.split([h, h_kv, h_kv], dim=1)  # (N, heads, S, d)
+        if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
+            q, k = rms_norm(q, attn.q_norm), rms_norm(k, attn.k_norm)
+            qk = torch.cat([q, k], dim=1)
+        else:
+            qk = qkv[:, :h + h_kv]
+        qk = qk * cos + rotate_half(qk) * sin
+        q, k = qk[:, :h], qk[:, h:]
+        if cache is not None:
+            k, v = cache.update(i, k, v)
+        if h_kv != h:
+            k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
+        scores = torch.matmul(q * attn.scaling, k.transpose(-1, -2)) + bias  # (N, h, S, K)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(N, S, h * d)
+        return attn.o_proj(out)
+
+    @staticmethod
+    def _mlp(mlp: nn.Module, x: Tensor, w: tuple) -> Tensor:
+        gate, up = F.linear(x, w[2], w[3]).chunk(2, dim=-1)
+        return mlp.down_proj(F.silu(gate) * up)
