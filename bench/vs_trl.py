@@ -128,7 +128,8 @@ def child_lmrl(spec: dict) -> dict:
         task={"task": "sort_text", "n": spec["n"], "V": V, "heldout_size": spec["heldout"],
               "reward": "positional"},
         policy={"model": spec["start"], "dtype": "float32", "device": "cpu",
-                "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0},
+                "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
+                "forward": spec["forward"]},
         algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
               "kl_weight": spec["kl"], "mu": 1, "aggregation": "token_mean"},
         train={"B": B, "G": G, "lr": spec["lr"], "schedule": "constant", "warmup_steps": 0,
@@ -461,6 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per run (3)")
     p.add_argument("--heldout", type=int, default=None, help="held-out prompts (500)")
     p.add_argument("--threads", type=int, default=None, help="default: all CPUs (smoke: 1)")
+    p.add_argument("--lmrl-forward", default="auto", choices=["auto", "lmrl", "transformers"],
+                   help="lmrl's policy.forward (transformers: lmrl's step on HF modules)")
     p.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for every child")
     p.add_argument("--idle-threshold", type=float, default=0.1,
                    help="wait until others use less than this fraction of all cores")
@@ -517,7 +520,8 @@ def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: 
             spec = {"n": n, "kl": kl, "seed": rep, "start": prep["start"],
                     "steps": a.steps or SIZES[size]["steps"], "lr": SIZES[size]["lr"],
                     "heldout": a.heldout, "threads": a.threads,
-                    "max_new_tokens": prep["max_new_tokens"], "run_dir": str(work / name)}
+                    "max_new_tokens": prep["max_new_tokens"], "forward": a.lmrl_forward,
+                    "run_dir": str(work / name)}
             Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
             before = idle(a)
             result, seen = run_child(lib, spec, env, work / "logs", name)
@@ -567,7 +571,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               "settings": {"threads": a.threads, "omp_wait_policy": a.omp_wait_policy,
                            "warmup": a.warmup, "repeats": a.repeats, "heldout": a.heldout,
                            "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
-                           "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold},
+                           "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold,
+                           "lmrl_forward": a.lmrl_forward},
               "idle_before_setup": idle_setup, "matmul": setup["matmul"],
               "ceiling_gflops": ceiling, "models": models, "cells": cells, "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)
