@@ -268,8 +268,10 @@ def test_shared_prompt_pass_equals_full_pass_in_value_and_gradient(policy):
     (lp_a, h_a, g_a), (lp_b, h_b, g_b) = results
     torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
     torch.testing.assert_close(h_a, h_b, atol=1e-5, rtol=0)
+    # float32 rounding: the shared pass sums the G rows' prompt gradients in another order
+    # (test_lean checks the same comparison in float64 to 1e-10).
     for a, b in zip(g_a, g_b, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
@@ -294,8 +296,8 @@ def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
 
         def spy(cache, capacity):
             real(cache, capacity)
-            kinds.append({k.untyped_storage().nbytes() // k.element_size() // k[:, :, :1].numel()
-                          for k in cache.keys})
+            prefix = [pk.shape[2] for pk, _ in cache.prefix or []] or [0] * len(cache.keys)
+            kinds.append({kb.shape[2] + p for (kb, _), p in zip(cache._buffers, prefix)})
 
         monkeypatch.setattr(LeanCache, "reserve", spy)
         prompt_columns = policy.encode(PROMPTS).input_ids.shape[1]

@@ -147,6 +147,30 @@ def test_policy_samples_and_scores_the_same_with_either_forward(tmp_path, arch):
         assert torch.allclose(lp_ours, a.logp, atol=1e-5)  # μ = 1: sampling's log-probs
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_shared_prompt_pass_matches_transformers_in_float64(tmp_path, arch):
+    """lmrl's grouped prefix attention (a prompt's keys read once for its G samples) against
+    transformers' forward on a G-times repeated cache: the same log-probs and gradients up to
+    float64 rounding, with grouped-query attention (llama) and q/k norms (qwen3)."""
+    path = save(tmp_path, model(arch))
+    prompts = ["1 2", "3 4 5 6 7 8 9", "5 5"]
+    results = []
+    for forward in ("lmrl", "transformers"):
+        policy = HFPolicy.from_pretrained(path, max_new_tokens=6, forward=forward)
+        policy.model.double()
+        if not results:
+            rollout = policy.sample(prompts, 4, torch.Generator().manual_seed(0))
+        logp, _ = policy.logprobs(prompts, rollout.responses, rollout.response_mask)
+        assert logp.dtype == torch.float64
+        (logp * torch.linspace(-1, 1, logp.numel(), dtype=torch.float64).reshape(logp.shape)
+         ).sum().backward()
+        results.append((logp.detach(), [p.grad for p in policy.parameters()]))
+    (lp_a, g_a), (lp_b, g_b) = results
+    assert torch.allclose(lp_a, lp_b, atol=1e-12, rtol=0)
+    for a, b in zip(g_a, g_b, strict=True):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), (a - b).abs().max()
+
+
 def test_auto_falls_back_for_unsupported_models_and_lmrl_refuses_them(tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=32,
                                       vocab_size=len(VOCAB), eos_token_id=EOS, pad_token_id=PAD))

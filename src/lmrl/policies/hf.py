@@ -262,7 +262,8 @@ class HFPolicy(nn.Module):
                                     position_ids=positions, use_cache=cache is not None,
                                     logits_to_keep=logits_to_keep,
                                     **{self._cache_kwarg: cache}).logits
-        return logits.float() / self.temperature
+        # At least float32 (bf16 logits would round log-probs; a float64 model stays float64).
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)) / self.temperature
 
     @torch.no_grad()
     def sample(self, prompts: "list[str] | PromptBatch", num_samples: int,

@@ -13,8 +13,10 @@ bigger ops:
   own rotary module, so every rope scaling type it knows is honoured);
 - attention as two batched matmuls and a softmax, with one additive mask built once per pass;
 - final norm and LM head only at the positions whose logits are kept;
-- a KV cache that appends by concatenation (autograd-friendly) or, after `reserve`, writes new
-  columns in place into preallocated buffers (sampling).
+- a KV cache that keeps a prompt's keys and values once for its G samples (attention reads
+  them once per group, as one matmul with G query rows) and appends each sample's own
+  columns by concatenation (autograd-friendly) or, after `reserve`, in place into
+  preallocated buffers (sampling).
 
 Supported: llama, qwen2, qwen3 and mistral configs with SiLU MLPs and full attention in every
 layer. `unsupported_reason` says why anything else falls back to transformers' forward.
@@ -83,46 +85,90 @@ def attention_bias(attention_mask: Tensor, S: int, dtype: torch.dtype) -> Tensor
 
 
 class LeanCache:
-    """Keys and values per layer (N, h_kv, past, d), and the pass's concatenated weights."""
+    """Keys and values per layer, and the pass's concatenated weights.
+
+    After `batch_repeat_interleave(G)` the cached columns become a shared prefix: kept once per
+    prompt, (B, h_kv, L, d), while each of the N = B·G rows appends its own columns,
+    (N, h_kv, t, d). Attention then reads a prompt's keys once for its G queries (one matmul
+    with G rows instead of G matmuls with one), rather than G copies of them.
+    """
 
     def __init__(self) -> None:
-        self.keys: list[Tensor] = []
+        self.keys: list[Tensor] = []  # per layer (rows, h_kv, columns, d), after the prefix
         self.values: list[Tensor] = []
+        self.prefix: list[tuple[Tensor, Tensor]] | None = None  # per layer (B, h_kv, L, d)
         self.weights: list[tuple] | None = None
         self._buffers: list[tuple[Tensor, Tensor]] | None = None
 
     def get_seq_length(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
+        own = self.keys[0].shape[2] if self.keys else 0
+        return own + (self.prefix[0][0].shape[2] if self.prefix else 0)
 
     def batch_repeat_interleave(self, G: int) -> None:
-        """Each row G times in a row (a prompt's cache shared by its G samples)."""
-        self.keys = [k.repeat_interleave(G, dim=0) for k in self.keys]
-        self.values = [v.repeat_interleave(G, dim=0) for v in self.values]
+        """Each row G times in a row: what is cached so far becomes the prefix of G rows."""
+        if G == 1:
+            return
+        if self.prefix is not None:
+            raise ValueError("the cache already has a shared prefix")
+        self.prefix = list(zip(self.keys, self.values, strict=True))
+        self.keys = [k.new_empty(len(k) * G, k.shape[1], 0, k.shape[3]) for k in self.keys]
+        self.values = [v.new_empty(len(v) * G, v.shape[1], 0, v.shape[3]) for v in self.values]
 
     def reserve(self, capacity: int) -> None:
-        """Preallocate `capacity` columns per layer: later updates write in place instead of
-        re-concatenating (O(T) copies per token). For no-grad use (in-place writes)."""
+        """Preallocate room for `capacity` columns in all (prefix included): later updates
+        write in place instead of re-concatenating (O(T) copies per token). No-grad use."""
         self._buffers = []
+        room = capacity - (self.prefix[0][0].shape[2] if self.prefix else 0)
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            kb = k.new_empty(*k.shape[:2], capacity, k.shape[-1])
-            vb = v.new_empty(*v.shape[:2], capacity, v.shape[-1])
+            kb = k.new_empty(k.shape[0], k.shape[1], room, k.shape[3])
+            vb = v.new_empty(v.shape[0], v.shape[1], room, v.shape[3])
             kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]] = k, v
             self._buffers.append((kb, vb))
             self.keys[i], self.values[i] = kb[:, :, :k.shape[2]], vb[:, :, :v.shape[2]]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if layer == len(self.keys):  # first pass through this layer
-            self.keys.append(k)
-            self.values.append(v)
-        elif self._buffers is None:
-            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
-            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
-        else:
+        """Append columns to `layer` -> its own keys and values (the prefix is separate)."""
+        if self._buffers is not None:
             kb, vb = self._buffers[layer]
             start, end = self.keys[layer].shape[2], self.keys[layer].shape[2] + k.shape[2]
             kb[:, :, start:end], vb[:, :, start:end] = k, v
             self.keys[layer], self.values[layer] = kb[:, :, :end], vb[:, :, :end]
+        elif layer == len(self.keys):  # first pass through this layer
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
         return self.keys[layer], self.values[layer]
+
+
+def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
+    """Over the last dim in at least float32 (as transformers does), returned in `dtype`."""
+    return torch.softmax(scores, dim=-1, dtype=torch.promote_types(dtype, torch.float32)
+                         ).to(dtype)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+           prefix: tuple[Tensor, Tensor] | None) -> Tensor:
+    """softmax(q kᵀ + bias) v over [prefix, own] key columns. q (N, h, S, d) already scaled;
+    k, v (N, h, t, d); prefix keys and values (B, h, L, d) shared by G = N / B rows each."""
+    if prefix is None:
+        return torch.matmul(softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, v.dtype), v)
+    pk, pv = prefix
+    (N, h, S, d), (B, L) = q.shape, (pk.shape[0], pk.shape[2])
+    G = N // B
+
+    def grouped(x: Tensor) -> Tensor:  # (N, h, S, c) -> (B, h, G·S, c)
+        return x.reshape(B, G, h, S, -1).transpose(1, 2).reshape(B, h, G * S, -1)
+
+    def ungrouped(x: Tensor) -> Tensor:  # (B, h, G·S, c) -> (N, h, S, c)
+        return x.reshape(B, h, G, S, -1).transpose(1, 2).reshape(N, h, S, -1)
+
+    scores = torch.cat([ungrouped(torch.matmul(grouped(q), pk.transpose(-1, -2))),
+                        torch.matmul(q, k.transpose(-1, -2))], dim=-1) + bias
+    probs = softmax(scores, v.dtype)
+    on_prefix, on_own = probs.split([L, probs.shape[-1] - L], dim=-1)
+    return ungrouped(torch.matmul(grouped(on_prefix), pv)) + torch.matmul(on_own, v)
 
 
 def _cat_or_none(tensors: list[Tensor | None]) -> Tensor | None:
@@ -199,14 +245,16 @@ class LeanForward:
             qk = qkv[:, :h + h_kv]
         qk = qk * cos + rotate_half(qk) * sin
         q, k = qk[:, :h], qk[:, h:]
+        prefix = None
         if cache is not None:
             k, v = cache.update(i, k, v)
+            prefix = cache.prefix[i] if cache.prefix else None
         if h_kv != h:
-            k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
-        scores = torch.matmul(q * attn.scaling, k.transpose(-1, -2)) + bias  # (N, h, S, K)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(N, S, h * d)
-        return attn.o_proj(out)
+            k, v = (x.repeat_interleave(h // h_kv, dim=1) for x in (k, v))
+            if prefix is not None:
+                prefix = tuple(x.repeat_interleave(h // h_kv, dim=1) for x in prefix)
+        out = attend(q * attn.scaling, k, v, bias, prefix)  # (N, h, S, d)
+        return attn.o_proj(out.transpose(1, 2).reshape(N, S, h * d))
 
     @staticmethod
     def _mlp(mlp: nn.Module, x: Tensor, w: tuple) -> Tensor:
