@@ -297,7 +297,8 @@ def test_sampling_writes_into_a_preallocated_cache(policy, monkeypatch):
         def spy(cache, capacity):
             real(cache, capacity)
             prefix = [pk.shape[2] for pk, _ in cache.prefix or []] or [0] * len(cache.keys)
-            kinds.append({kb.shape[2] + p for (kb, _), p in zip(cache._buffers, prefix)})
+            kinds.append({kb.shape[2] + p for (kb, _), p in zip(cache._buffers, prefix,
+                                                                      strict=True)})
 
         monkeypatch.setattr(LeanCache, "reserve", spy)
         prompt_columns = policy.encode(PROMPTS).input_ids.shape[1]

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch  # noqa: E402
+from test_hf_policy import EOS, PAD, VOCAB, tiny_tokenizer  # noqa: E402
 from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
@@ -25,7 +26,6 @@ from transformers import (  # noqa: E402
 from lmrl.config import Config, ConfigError  # noqa: E402
 from lmrl.policies.hf import HFPolicy, position_ids  # noqa: E402
 from lmrl.policies.lean import LeanCache, LeanForward, unsupported_reason  # noqa: E402
-from test_hf_policy import EOS, PAD, VOCAB, tiny_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -155,7 +155,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
     if prefix is None:
         return torch.matmul(softmax(torch.matmul(q, k.transpose(-1, -2)) + bias, v.dtype), v)
     pk, pv = prefix
-    (N, h, S, d), (B, L) = q.shape, (pk.shape[0], pk.shape[2])
+    (N, h, S, _), (B, L) = q.shape, (pk.shape[0], pk.shape[2])
     G = N // B
 
     def grouped(x: Tensor) -> Tensor:  # (N, h, S, c) -> (B, h, G·S, c)
