@@ -149,9 +149,9 @@ class HFPolicy(nn.Module):
     forward: which code computes the model's function. lmrl: `lean.LeanForward`, lmrl's own pass
     with fused projections over the model's parameters (Llama-family models; 10-16% off a tiny
     model's CPU step, 1.5x faster sampling at 200-token prompts, bench/README.md);
-    transformers: the model's own forward; auto: lmrl's on a CPU when the architecture is supported, else transformers' (on a GPU
-    transformers' fused attention kernels win, and lmrl's would hold a second copy of the
-    projection weights during each pass).
+    transformers: the model's own forward; auto: lmrl's on a CPU when the architecture is
+    supported, else transformers' (on a GPU transformers' fused attention kernels win, and
+    lmrl's would hold a second copy of the projection weights during each pass).
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
