@@ -28,6 +28,12 @@ SETTINGS = {
         ("threads=1 transformers", {"LMRL_THREADS": "1", "LMRL_FORWARD": "transformers"}),
         ("threads=1 lmrl", {"LMRL_THREADS": "1", "LMRL_FORWARD": "lmrl"}),
     ],
+    # lmrl's forward eager and torch.compile'd (policy.compile).
+    "compile": [
+        ("threads=2 eager", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl"}),
+        ("threads=2 compiled", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl",
+                                "LMRL_COMPILE": "1"}),
+    ],
 }
 STAGES = ["sample", "reward", "ref", "logprob", "backward", "optimizer", "step"]
 
@@ -41,12 +47,13 @@ torch.set_num_threads(int(os.environ["LMRL_THREADS"]))
 cfg = Config().replace(policy={{"model": {model!r},
                                 "dtype": os.environ.get("LMRL_DTYPE", "float32"),
                                 "forward": os.environ.get("LMRL_FORWARD", "auto"),
+                                "compile": os.environ.get("LMRL_COMPILE") == "1",
                                 "device": "cpu"}},
                        task={{"task": "sort_text", "n": 5, "heldout_size": 500}},
                        train={{"B": 16, "G": 8}}, algo={{"kl_weight": {kl}}})
 task = build_task(cfg)
 state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
-for _ in range(3):
+for _ in range({warmup}):
     grpo_step(state, task, cfg)
 rows = [grpo_step(state, task, cfg) for _ in range({steps})]
 print(json.dumps({{s: 1000 * statistics.median(r.get(f"time/{{s}}_seconds", 0.0) for r in rows)
@@ -59,16 +66,19 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--kl", type=float, default=0.04)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compiling)")
     parser.add_argument("--compare", choices=list(SETTINGS), default="forward",
                         help="dtype: threads x float32/bf16 autocast; forward: threads x "
-                             "transformers'/lmrl's forward")
+                             "transformers'/lmrl's forward; compile: lmrl's forward eager / "
+                             "compiled")
     args = parser.parse_args()
     settings = SETTINGS[args.compare]
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
                                                                   "OMP_WAIT_POLICY")}
     results = {}
     for name, env in settings:
-        code = CHILD.format(model=args.model, steps=args.steps, kl=args.kl, stages=STAGES)
+        code = CHILD.format(model=args.model, steps=args.steps, warmup=args.warmup, kl=args.kl,
+                            stages=STAGES)
         out = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
                              capture_output=True, text=True, check=True)
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])

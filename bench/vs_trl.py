@@ -129,7 +129,7 @@ def child_lmrl(spec: dict) -> dict:
               "reward": "positional"},
         policy={"model": spec["start"], "dtype": "float32", "device": "cpu",
                 "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
-                "forward": spec["forward"]},
+                "forward": spec["forward"], "compile": spec.get("compile", False)},
         algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
               "kl_weight": spec["kl"], "mu": 1, "aggregation": "token_mean"},
         train={"B": B, "G": G, "lr": spec["lr"], "schedule": "constant", "warmup_steps": 0,
@@ -464,6 +464,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="default: all CPUs (smoke: 1)")
     p.add_argument("--lmrl-forward", default="auto", choices=["auto", "lmrl", "transformers"],
                    help="lmrl's policy.forward (transformers: lmrl's step on HF modules)")
+    p.add_argument("--lmrl-compile", action="store_true",
+                   help="lmrl's policy.compile (compiling takes the first step, ~1 minute)")
     p.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for every child")
     p.add_argument("--idle-threshold", type=float, default=0.1,
                    help="wait until others use less than this fraction of all cores")
@@ -521,7 +523,7 @@ def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: 
                     "steps": a.steps or SIZES[size]["steps"], "lr": SIZES[size]["lr"],
                     "heldout": a.heldout, "threads": a.threads,
                     "max_new_tokens": prep["max_new_tokens"], "forward": a.lmrl_forward,
-                    "run_dir": str(work / name)}
+                    "compile": a.lmrl_compile, "run_dir": str(work / name)}
             Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
             before = idle(a)
             result, seen = run_child(lib, spec, env, work / "logs", name)
@@ -572,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                            "warmup": a.warmup, "repeats": a.repeats, "heldout": a.heldout,
                            "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
                            "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold,
-                           "lmrl_forward": a.lmrl_forward},
+                           "lmrl_forward": a.lmrl_forward, "lmrl_compile": a.lmrl_compile},
               "idle_before_setup": idle_setup, "matmul": setup["matmul"],
               "ceiling_gflops": ceiling, "models": models, "cells": cells, "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)

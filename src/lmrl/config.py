@@ -103,6 +103,11 @@ class PolicyConfig:
     """Which code runs the model. lmrl: lmrl's own pass over the model's parameters, with
     fused q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window);
     transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
+    compile: bool = False
+    """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
+    log-prob pass (forward and backward), with fused elementwise ops; 20-30% off a tiny
+    model's CPU step, after ~1 minute of compiling at the start (bench/README.md). Needs
+    forward lmrl (or auto resolving to it)."""
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
@@ -284,7 +289,7 @@ def _reject_ignored(cfg: Config) -> None:
          "they shape the toy model, and model is a causal LM"),
         (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
                                 "dtype", "device", "trust_remote_code", "attn_implementation",
-                                "forward"),
+                                "forward", "compile"),
          "they configure a causal LM, and model=toy"),
         (t.task != "sort", "task", ("prompts", "train_frac", "constants_in_train"),
          "only task=sort has prompt sets"),
@@ -340,6 +345,9 @@ def validate(cfg: Config) -> None:
     _choice("policy", "init", p.init, INITS)
     _choice("policy", "dtype", p.dtype, DTYPES)
     _choice("policy", "forward", p.forward, FORWARDS)
+    if p.compile and p.forward == "transformers":
+        raise ConfigError("policy.compile compiles lmrl's forward; it needs policy.forward "
+                          "lmrl or auto, not transformers")
     _check_model_task(cfg)
     _choice("algo", "delta", a.delta, DELTAS)
     _choice("algo", "loss", a.loss, LOSSES)

@@ -116,7 +116,8 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> None:
 # Where and how it runs (device, threads, which forward code) may change too: the math is the
 # same (up to float rounding).
 RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit"), ("train", "threads"),
-                     ("policy", "device"), ("policy", "forward")}
+                     ("policy", "device"), ("policy", "forward"),
+                     ("policy", "compile")}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:

@@ -15,6 +15,7 @@ Responses are padded with the pad id after EOS; response_mask is 1 up to and inc
 the token that completed a stop string).
 """
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from lmrl.config import FORWARDS
 from lmrl.policies.base import Rollout, entropy_from_logits
-from lmrl.policies.lean import LeanCache, LeanForward, unsupported_reason
+from lmrl.policies.lean import LeanCache, LeanForward, StaticCache, unsupported_reason
 
 # Loading and saving a small model is instant; transformers' own progress bars would only clutter
 # the run's console output (lmrl draws its own).
@@ -138,6 +139,18 @@ def preallocate(cache: "DynamicCache | LeanCache", capacity: int) -> None:
     cache.layers = [BufferLayer(layer, capacity) for layer in layers]
 
 
+@functools.cache
+def compiled(fn):
+    """torch.compile(fn), made once per function: its callers pass the policy (or forward) as
+    an argument, so a deep copy (the reference policy) gets its own graph, never the
+    original's (a compiled bound method kept on the object would be copied by reference).
+
+    inplace_buffers off: with it, inductor (torch 2.13, CPU) writes a wrong gradient for the
+    first layer's prompt values in the shared-prompt pass (tests/test_compile.py compares the
+    compiled gradients with eager ones)."""
+    return torch.compile(fn, options={"inplace_buffers": False})
+
+
 class HFPolicy(nn.Module):
     """An AutoModelForCausalLM and its tokenizer, with sample(...) and logprobs(...).
 
@@ -152,12 +165,16 @@ class HFPolicy(nn.Module):
     transformers: the model's own forward; auto: lmrl's on a CPU when the architecture is
     supported, else transformers' (on a GPU transformers' fused attention kernels win, and
     lmrl's would hold a second copy of the projection weights during each pass).
+
+    compile: torch.compile lmrl's forward (`compiled`): decoding runs one graph per rollout on
+    a StaticCache, each log-prob pass one graph forward and one backward, with the elementwise
+    ops fused; the first step compiles (about a minute on a 2-core CPU).
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
                  top_p: float = 1.0, temperature: float = 1.0, stop: Sequence[str] = (),
                  add_special_tokens: bool = True, autocast: torch.dtype | None = None,
-                 forward: str = "auto") -> None:
+                 forward: str = "auto", compile: bool = False) -> None:
         super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.top_k, self.top_p = max_new_tokens, top_k, top_p
@@ -180,6 +197,10 @@ class HFPolicy(nn.Module):
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.lean = self._lean_forward(forward)
+        if compile and self.lean is None:
+            raise ValueError("compile compiles lmrl's forward; this policy runs transformers' "
+                             "(use forward=lmrl, or compile=False)")
+        self.compile = compile
 
     def _lean_forward(self, forward: str) -> LeanForward | None:
         if forward not in FORWARDS:
@@ -258,8 +279,7 @@ class HFPolicy(nn.Module):
                  ) -> Tensor:
         """Logits of the last `logits_to_keep` columns; position ids are those of input_ids."""
         positions = position_ids(attention_mask)[:, -input_ids.shape[1]:]
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                            enabled=self.autocast is not None):
+        with self._autocast():
             if self.lean is not None:
                 logits = self.lean(input_ids, attention_mask, positions, cache, logits_to_keep)
             else:
@@ -267,7 +287,15 @@ class HFPolicy(nn.Module):
                                     position_ids=positions, use_cache=cache is not None,
                                     logits_to_keep=logits_to_keep,
                                     **{self._cache_kwarg: cache}).logits
-        # At least float32 (bf16 logits would round log-probs; a float64 model stays float64).
+        return self._scaled(logits)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                              enabled=self.autocast is not None)
+
+    def _scaled(self, logits: Tensor) -> Tensor:
+        """At least float32 (bf16 logits would round log-probs; a float64 model stays float64),
+        divided by the temperature."""
         return logits.to(torch.promote_types(logits.dtype, torch.float32)) / self.temperature
 
     @torch.no_grad()
@@ -294,9 +322,9 @@ class HFPolicy(nn.Module):
         cache = self._new_cache()
         logits = self._forward(batch.input_ids, batch.attention_mask, cache, 1)[:, -1]  # (B, V)
         cache.batch_repeat_interleave(G)
-        preallocate(cache, batch.input_ids.shape[1] + max_new)
         logits = logits.repeat_interleave(G, dim=0)  # (N, V)
-        mask = batch.attention_mask.repeat_interleave(G, dim=0)  # (N, L + t)
+        next_logits = self._decoder(cache, batch.attention_mask.repeat_interleave(G, dim=0),
+                                    max_new)
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
         tokens, logps, alive = [], [], []
         for t in range(max_new):
@@ -310,8 +338,7 @@ class HFPolicy(nn.Module):
                 done = done | self._completes_stop(tokens, done)
             if t == max_new - 1 or bool(done.all()):
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._forward(tokens[-1][:, None], mask, cache, 1)[:, -1]
+            logits = next_logits(tokens[-1], t)
         responses = torch.stack(tokens, dim=1).reshape(B, G, -1)  # (B, G, T)
         response_mask = torch.stack(alive, dim=1).float().reshape(B, G, -1)
         return TextRollout(
@@ -320,6 +347,30 @@ class HFPolicy(nn.Module):
             truncated=~done.reshape(B, G),
             texts=self.decode(responses, response_mask),
         )
+
+    def _decoder(self, cache, prompt_mask: Tensor, max_new: int):
+        """-> next_logits(token (N,), t): logits (N, V) after appending each row's t-th token.
+
+        Compiled: lmrl's decoding step on a StaticCache, one graph for the whole rollout. Eager:
+        the model's forward on its cache, preallocated for the rollout.
+        """
+        if self.compile:
+            static = StaticCache(cache, prompt_mask, max_new)
+            first_position = prompt_mask.sum(-1)  # real tokens before the first new one
+            decode = compiled(LeanForward.decode)
+
+            def next_logits(token: Tensor, t: int) -> Tensor:
+                static.advance(t)
+                with self._autocast():
+                    return self._scaled(decode(self.lean, token, first_position + t, static))
+            return next_logits
+        preallocate(cache, prompt_mask.shape[1] + max_new)
+        masks = [prompt_mask]
+
+        def next_logits(token: Tensor, t: int) -> Tensor:
+            masks.append(torch.cat([masks[-1], torch.ones_like(prompt_mask[:, :1])], dim=1))
+            return self._forward(token[:, None], masks[-1], cache, 1)[:, -1]
+        return next_logits
 
     def _completes_stop(self, tokens: list[Tensor], done: Tensor) -> Tensor:
         """Rows still running whose text now contains a stop string. (N,) bool."""
@@ -355,13 +406,20 @@ class HFPolicy(nn.Module):
         Only the logits that predict response tokens are computed, never the prompt's.
         """
         batch = self.encode(prompts)
+        logp = compiled(HFPolicy._logprobs) if self.compile else HFPolicy._logprobs
+        return logp(self, batch.input_ids, batch.attention_mask, responses.to(self.device),
+                    response_mask.to(self.device), with_entropy)
+
+    def _logprobs(self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                  response_mask: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """`logprobs` on tensors (what `compile` compiles)."""
         B, G, T = responses.shape
-        responses = responses.to(self.device).reshape(B * G, T)
-        mask = response_mask.to(self.device).reshape(B * G, T)
+        responses = responses.reshape(B * G, T)
+        mask = response_mask.reshape(B * G, T)
         if self.share_prompt and G > 1:
-            logits = self._logits_shared_prompt(batch, responses, mask, G)  # (N, T, V)
+            logits = self._logits_shared_prompt(prompt_ids, prompt_mask, responses, mask, G)
         else:
-            logits = self._logits_full(batch, responses, mask, G)  # (N, T, V)
+            logits = self._logits_full(prompt_ids, prompt_mask, responses, mask, G)  # (N, T, V)
         logp = logits.gather(-1, responses[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
         logp = (logp * mask).reshape(B, G, T)
         entropy = None
@@ -370,19 +428,18 @@ class HFPolicy(nn.Module):
                 entropy = (entropy_from_logits(logits) * mask).reshape(B, G, T)
         return logp, entropy
 
-    def _logits_full(self, batch: PromptBatch, responses: Tensor, mask: Tensor, G: int
-                     ) -> Tensor:
+    def _logits_full(self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
+                     mask: Tensor, G: int) -> Tensor:
         """One pass over prompt + response for each of the N rows. -> (N, T, V)."""
         T = responses.shape[1]
-        input_ids = torch.cat([batch.input_ids.repeat_interleave(G, dim=0), responses], dim=1)
-        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
-                                    mask.long()], dim=1)
+        input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), responses], dim=1)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), mask.long()], dim=1)
         # Column j predicts token j+1: the response's T tokens are predicted by the T columns
         # ending one before the last.
         return self._forward(input_ids, attention_mask, None, T + 1)[:, :-1]
 
-    def _logits_shared_prompt(self, batch: PromptBatch, responses: Tensor, mask: Tensor,
-                              G: int) -> Tensor:
+    def _logits_shared_prompt(self, prompt_ids: Tensor, prompt_mask: Tensor,
+                              responses: Tensor, mask: Tensor, G: int) -> Tensor:
         """The prompt once per group, its KV cache shared by the group's G responses.
 
         Same logits as `_logits_full` (tested), with B instead of N = B·G rows through the
@@ -390,10 +447,10 @@ class HFPolicy(nn.Module):
         autograd sums the G rows' contributions, as separate passes would. -> (N, T, V).
         """
         cache = self._new_cache()
-        first = self._forward(batch.input_ids, batch.attention_mask, cache, 1)  # (B, 1, V)
+        first = self._forward(prompt_ids, prompt_mask, cache, 1)  # (B, 1, V)
         cache.batch_repeat_interleave(G)
-        attention_mask = torch.cat([batch.attention_mask.repeat_interleave(G, dim=0),
-                                    mask.long()], dim=1)  # (N, L + T)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), mask.long()],
+                                   dim=1)  # (N, L + T)
         T = responses.shape[1]
         first = first.repeat_interleave(G, dim=0)  # (N, 1, V): predicts response token 0
         if T == 1:

@@ -142,6 +142,40 @@ class LeanCache:
         return self.keys[layer], self.values[layer]
 
 
+class StaticCache:
+    """A LeanCache frozen into fixed shapes for compiled decoding (no grad).
+
+    Each row's own keys and values live in buffers of `capacity` columns, (N, h_kv, C, d); step t
+    writes column t in place (`column` is a tensor, so one compiled graph serves every step) and
+    attends over all C columns, those not yet written masked out by `bias` (N, 1, 1, L + C),
+    which `advance` opens one column at a time. The prompt's columns stay the shared prefix.
+    """
+
+    def __init__(self, cache: LeanCache, attention_mask: Tensor, capacity: int) -> None:
+        """From a cache holding the prompts' columns; attention_mask (N, L) of the prompts."""
+        # Without batch_repeat_interleave (G = 1) the cached columns are each row's own prefix.
+        self.prefix = cache.prefix or list(zip(cache.keys, cache.values, strict=True))
+        self.weights = cache.weights
+        N, self.L = attention_mask.shape
+        self.keys = [k.new_zeros(N, k.shape[1], capacity, k.shape[3]) for k, _ in self.prefix]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        visible = torch.cat([attention_mask.bool(), attention_mask.new_zeros(N, capacity).bool()],
+                            dim=1)
+        self.bias = torch.zeros(visible.shape, dtype=self.keys[0].dtype, device=visible.device
+                                ).masked_fill_(~visible, float("-inf"))[:, None, None]
+        self.column = torch.zeros(1, dtype=torch.long, device=visible.device)
+
+    def advance(self, t: int) -> None:
+        """The next decode step writes and may see own column t."""
+        self.column.fill_(t)
+        self.bias[..., self.L + t] = 0.0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.keys[layer].index_copy_(2, self.column, k)
+        self.values[layer].index_copy_(2, self.column, v)
+        return self.keys[layer], self.values[layer]
+
+
 def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
     """Over the last dim in at least float32 (as transformers does), returned in `dtype`."""
     return torch.softmax(scores, dim=-1, dtype=torch.promote_types(dtype, torch.float32)
@@ -222,10 +256,22 @@ class LeanForward:
             raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns, expected "
                              f"{past} cached + {S} new")
         x = base.embed_tokens(input_ids)
+        bias = attention_bias(attention_mask, S, x.dtype)
+        return self._layers(x, position_ids, bias, cache, cache_weights, logits_to_keep)
+
+    def decode(self, token: Tensor, position: Tensor, cache: "StaticCache") -> Tensor:
+        """Logits (N, V) for one new token per row, token and position (N,), written at
+        `cache.column`. Every shape is fixed for a rollout: the step can be compiled once."""
+        x = self.model.model.embed_tokens(token[:, None])
+        return self._layers(x, position[:, None], cache.bias, cache, cache.weights, 1)[:, -1]
+
+    def _layers(self, x: Tensor, position_ids: Tensor, bias: Tensor,
+                cache: "LeanCache | StaticCache | None", weights: list[tuple],
+                logits_to_keep: int) -> Tensor:
+        base = self.model.model
         cos, sin = base.rotary_emb(x, position_ids)
         cos, sin = cos[:, None], sin[:, None]  # (N, 1, S, d): broadcast over heads
-        bias = attention_bias(attention_mask, S, x.dtype)
-        for i, (layer, w) in enumerate(zip(base.layers, cache_weights, strict=True)):
+        for i, (layer, w) in enumerate(zip(base.layers, weights, strict=True)):
             x = x + self._attention(i, layer.self_attn, rms_norm(x, layer.input_layernorm), w,
                                     cos, sin, bias, cache)
             x = x + self._mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm), w)
