@@ -390,8 +390,9 @@ class HFPolicy(nn.Module):
     def decode(self, responses: Tensor, response_mask: Tensor) -> list[list[str]]:
         """Text of each response without its EOS and padding. (B, G, T) -> B lists of G."""
         keep = response_mask.bool() & ~torch.isin(responses, self.eos_ids)
-        rows = [r[k].tolist() for r, k in zip(responses.flatten(0, 1), keep.flatten(0, 1),
-                                              strict=True)]
+        # One tolist per tensor, then plain Python: a boolean index per row costs ~10 µs each.
+        rows = [[token for token, kept in zip(r, k, strict=True) if kept] for r, k in
+                zip(responses.flatten(0, 1).tolist(), keep.flatten(0, 1).tolist(), strict=True)]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False,
                                             clean_up_tokenization_spaces=False)
         G = responses.shape[1]
