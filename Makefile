@@ -33,7 +33,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	@touch $@
 
 bench: $(VENV)/.bench-installed
-	$(BIN)/python bench/vs_trl.py
+	$(BIN)/python bench/vs_trl.py --lmrl-compile
 
 lint: setup
 	$(BIN)/ruff check src tests experiments bench

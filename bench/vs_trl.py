@@ -212,7 +212,8 @@ def child_trl(spec: dict) -> dict:
         max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=spec["lr"], warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=spec["kl"], num_iterations=1, epsilon=0.2, loss_type="dapo",
-        scale_rewards="group", model_init_kwargs={"dtype": "float32"}, **TRL_FAIR)
+        scale_rewards="group", model_init_kwargs={"dtype": "float32"},
+        torch_compile=spec.get("compile", False), **TRL_FAIR)
     timer = StepTimer()
     trainer = GRPOTrainer(model=spec["start"], reward_funcs=[reward], args=args,
                           train_dataset=data, callbacks=[timer],
@@ -466,6 +467,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="lmrl's policy.forward (transformers: lmrl's step on HF modules)")
     p.add_argument("--lmrl-compile", action="store_true",
                    help="lmrl's policy.compile (compiling takes the first step, ~1 minute)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="TRL's torch_compile (the Trainer compiles the model it trains)")
     p.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for every child")
     p.add_argument("--idle-threshold", type=float, default=0.1,
                    help="wait until others use less than this fraction of all cores")
@@ -523,7 +526,8 @@ def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: 
                     "steps": a.steps or SIZES[size]["steps"], "lr": SIZES[size]["lr"],
                     "heldout": a.heldout, "threads": a.threads,
                     "max_new_tokens": prep["max_new_tokens"], "forward": a.lmrl_forward,
-                    "compile": a.lmrl_compile, "run_dir": str(work / name)}
+                    "compile": a.lmrl_compile if lib == "lmrl" else a.trl_compile,
+                    "run_dir": str(work / name)}
             Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
             before = idle(a)
             result, seen = run_child(lib, spec, env, work / "logs", name)
@@ -574,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                            "warmup": a.warmup, "repeats": a.repeats, "heldout": a.heldout,
                            "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
                            "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold,
-                           "lmrl_forward": a.lmrl_forward, "lmrl_compile": a.lmrl_compile},
+                           "lmrl_forward": a.lmrl_forward, "lmrl_compile": a.lmrl_compile,
+                           "trl_compile": a.trl_compile},
               "idle_before_setup": idle_setup, "matmul": setup["matmul"],
               "ceiling_gflops": ceiling, "models": models, "cells": cells, "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)

@@ -105,9 +105,9 @@ class PolicyConfig:
     transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
     compile: bool = False
     """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
-    log-prob pass (forward and backward), with fused elementwise ops; 20-30% off a tiny
-    model's CPU step, after ~1 minute of compiling at the start (bench/README.md). Needs
-    forward lmrl (or auto resolving to it)."""
+    log-prob pass (forward and backward), with fused elementwise ops. On a 2-core CPU: 12-14%
+    off a tiny model's step, after 7-40 s of compiling in the first step (bench/README.md).
+    Needs forward lmrl (or auto resolving to it)."""
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
