@@ -64,7 +64,7 @@ def test_static_cache_masks_unwritten_columns_and_prompt_padding():
     cache.weights = []
     cache.batch_repeat_interleave(2)
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]]).repeat_interleave(2, dim=0)
-    static = StaticCache(cache, mask, capacity=4)
+    static = StaticCache(cache, mask, capacity=4, rope=(torch.ones(9, 4), torch.zeros(9, 4)))
     assert static.keys[0].shape == (4, 1, 4, 4)
     visible = static.bias[:, 0, 0] == 0  # (N, L + C)
     assert visible[:, :3].tolist() == mask.bool().tolist() and not visible[:, 3:].any()

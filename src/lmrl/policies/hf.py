@@ -275,13 +275,15 @@ class HFPolicy(nn.Module):
     def _new_cache(self) -> "LeanCache | DynamicCache":
         return LeanCache() if self.lean is not None else DynamicCache(config=self.model.config)
 
-    def _forward(self, input_ids: Tensor, attention_mask: Tensor, cache, logits_to_keep: int
-                 ) -> Tensor:
-        """Logits of the last `logits_to_keep` columns; position ids are those of input_ids."""
+    def _forward(self, input_ids: Tensor, attention_mask: Tensor, cache, logits_to_keep: int,
+                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Logits of the last `logits_to_keep` columns; position ids are those of input_ids.
+        rope: lmrl's forward's `rope_table` (None: computed in the pass)."""
         positions = position_ids(attention_mask)[:, -input_ids.shape[1]:]
         with self._autocast():
             if self.lean is not None:
-                logits = self.lean(input_ids, attention_mask, positions, cache, logits_to_keep)
+                logits = self.lean(input_ids, attention_mask, positions, cache, logits_to_keep,
+                                   rope)
             else:
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
                                     position_ids=positions, use_cache=cache is not None,
@@ -355,8 +357,9 @@ class HFPolicy(nn.Module):
         the model's forward on its cache, preallocated for the rollout.
         """
         if self.compile:
-            static = StaticCache(cache, prompt_mask, max_new)
             first_position = prompt_mask.sum(-1)  # real tokens before the first new one
+            rope = self.lean.rope_table(int(first_position.max()) + max_new)
+            static = StaticCache(cache, prompt_mask, max_new, rope)
             decode = compiled(LeanForward.decode)
 
             def next_logits(token: Tensor, t: int) -> Tensor:
@@ -407,20 +410,25 @@ class HFPolicy(nn.Module):
         Only the logits that predict response tokens are computed, never the prompt's.
         """
         batch = self.encode(prompts)
-        logp = compiled(HFPolicy._logprobs) if self.compile else HFPolicy._logprobs
-        return logp(self, batch.input_ids, batch.attention_mask, responses.to(self.device),
-                    response_mask.to(self.device), with_entropy)
+        args = (batch.input_ids, batch.attention_mask, responses.to(self.device),
+                response_mask.to(self.device), with_entropy)
+        if not self.compile:
+            return self._logprobs(*args)
+        rope = self.lean.rope_table(batch.input_ids.shape[1] + responses.shape[-1])
+        return compiled(HFPolicy._logprobs)(self, *args, rope)
 
     def _logprobs(self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
-                  response_mask: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+                  response_mask: Tensor, with_entropy: bool,
+                  rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """`logprobs` on tensors (what `compile` compiles)."""
         B, G, T = responses.shape
         responses = responses.reshape(B * G, T)
         mask = response_mask.reshape(B * G, T)
         if self.share_prompt and G > 1:
-            logits = self._logits_shared_prompt(prompt_ids, prompt_mask, responses, mask, G)
+            logits = self._logits_shared_prompt(prompt_ids, prompt_mask, responses, mask, G,
+                                                rope)
         else:
-            logits = self._logits_full(prompt_ids, prompt_mask, responses, mask, G)  # (N, T, V)
+            logits = self._logits_full(prompt_ids, prompt_mask, responses, mask, G, rope)
         logp = logits.gather(-1, responses[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
         logp = (logp * mask).reshape(B, G, T)
         entropy = None
@@ -430,17 +438,18 @@ class HFPolicy(nn.Module):
         return logp, entropy
 
     def _logits_full(self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
-                     mask: Tensor, G: int) -> Tensor:
+                     mask: Tensor, G: int, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """One pass over prompt + response for each of the N rows. -> (N, T, V)."""
         T = responses.shape[1]
         input_ids = torch.cat([prompt_ids.repeat_interleave(G, dim=0), responses], dim=1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), mask.long()], dim=1)
         # Column j predicts token j+1: the response's T tokens are predicted by the T columns
         # ending one before the last.
-        return self._forward(input_ids, attention_mask, None, T + 1)[:, :-1]
+        return self._forward(input_ids, attention_mask, None, T + 1, rope)[:, :-1]
 
     def _logits_shared_prompt(self, prompt_ids: Tensor, prompt_mask: Tensor,
-                              responses: Tensor, mask: Tensor, G: int) -> Tensor:
+                              responses: Tensor, mask: Tensor, G: int,
+                              rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The prompt once per group, its KV cache shared by the group's G responses.
 
         Same logits as `_logits_full` (tested), with B instead of N = B·G rows through the
@@ -448,7 +457,7 @@ class HFPolicy(nn.Module):
         autograd sums the G rows' contributions, as separate passes would. -> (N, T, V).
         """
         cache = self._new_cache()
-        first = self._forward(prompt_ids, prompt_mask, cache, 1)  # (B, 1, V)
+        first = self._forward(prompt_ids, prompt_mask, cache, 1, rope)  # (B, 1, V)
         cache.batch_repeat_interleave(G)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(G, dim=0), mask.long()],
                                    dim=1)  # (N, L + T)
@@ -457,5 +466,5 @@ class HFPolicy(nn.Module):
         if T == 1:
             return first
         # Response column j predicts token j+1; the last column predicts nothing we score.
-        rest = self._forward(responses[:, :-1], attention_mask[:, :-1], cache, T - 1)
+        rest = self._forward(responses[:, :-1], attention_mask[:, :-1], cache, T - 1, rope)
         return torch.cat([first, rest], dim=1)

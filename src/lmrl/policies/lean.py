@@ -151,11 +151,13 @@ class StaticCache:
     which `advance` opens one column at a time. The prompt's columns stay the shared prefix.
     """
 
-    def __init__(self, cache: LeanCache, attention_mask: Tensor, capacity: int) -> None:
-        """From a cache holding the prompts' columns; attention_mask (N, L) of the prompts."""
+    def __init__(self, cache: LeanCache, attention_mask: Tensor, capacity: int,
+                 rope: tuple[Tensor, Tensor]) -> None:
+        """From a cache holding the prompts' columns; attention_mask (N, L) of the prompts;
+        rope: `LeanForward.rope_table` covering every position the rollout reaches."""
         # Without batch_repeat_interleave (G = 1) the cached columns are each row's own prefix.
         self.prefix = cache.prefix or list(zip(cache.keys, cache.values, strict=True))
-        self.weights = cache.weights
+        self.weights, self.rope = cache.weights, rope
         N, self.L = attention_mask.shape
         self.keys = [k.new_zeros(N, k.shape[1], capacity, k.shape[3]) for k, _ in self.prefix]
         self.values = [torch.zeros_like(k) for k in self.keys]
@@ -237,11 +239,12 @@ class LeanForward:
         return out
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                 cache: LeanCache | None, logits_to_keep: int) -> Tensor:
+                 cache: LeanCache | None, logits_to_keep: int,
+                 rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Logits (N, logits_to_keep, V) of the last columns of input_ids (N, S).
 
         attention_mask (N, K) covers the cached columns and the new ones; position_ids (N, S)
-        are the new columns' positions.
+        are the new columns' positions. rope: `rope_table` covering them (None: computed here).
         """
         base = self.model.model
         N, S = input_ids.shape
@@ -257,19 +260,35 @@ class LeanForward:
                              f"{past} cached + {S} new")
         x = base.embed_tokens(input_ids)
         bias = attention_bias(attention_mask, S, x.dtype)
-        return self._layers(x, position_ids, bias, cache, cache_weights, logits_to_keep)
+        if rope is None:
+            cos, sin = base.rotary_emb(x, position_ids)
+        else:
+            cos, sin = rope[0][position_ids], rope[1][position_ids]
+        return self._layers(x, cos, sin, bias, cache, cache_weights, logits_to_keep)
+
+    def rope_table(self, positions: int) -> tuple[Tensor, Tensor]:
+        """cos and sin (positions, d) of positions 0..positions-1 in the hidden states' dtype,
+        by the model's own rotary module (every rope scaling type it knows; a dynamic type
+        scales for the longest of them).
+
+        Why: looked up inside a compiled graph they are loads; computed there, inductor fuses
+        the cos/sin into every consumer and recomputes them per head and per key column."""
+        base = self.model.model
+        dummy = base.embed_tokens.weight.new_empty(0)
+        cos, sin = base.rotary_emb(dummy, torch.arange(positions, device=dummy.device)[None])
+        return cos[0], sin[0]
 
     def decode(self, token: Tensor, position: Tensor, cache: "StaticCache") -> Tensor:
         """Logits (N, V) for one new token per row, token and position (N,), written at
         `cache.column`. Every shape is fixed for a rollout: the step can be compiled once."""
         x = self.model.model.embed_tokens(token[:, None])
-        return self._layers(x, position[:, None], cache.bias, cache, cache.weights, 1)[:, -1]
+        cos, sin = cache.rope[0][position[:, None]], cache.rope[1][position[:, None]]
+        return self._layers(x, cos, sin, cache.bias, cache, cache.weights, 1)[:, -1]
 
-    def _layers(self, x: Tensor, position_ids: Tensor, bias: Tensor,
+    def _layers(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor,
                 cache: "LeanCache | StaticCache | None", weights: list[tuple],
                 logits_to_keep: int) -> Tensor:
         base = self.model.model
-        cos, sin = base.rotary_emb(x, position_ids)
         cos, sin = cos[:, None], sin[:, None]  # (N, 1, S, d): broadcast over heads
         for i, (layer, w) in enumerate(zip(base.layers, weights, strict=True)):
             x = x + self._attention(i, layer.self_attn, rms_norm(x, layer.input_layernorm), w,
