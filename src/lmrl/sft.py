@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
 from lmrl.policies.hf import HFPolicy
-from lmrl.state import schedule_factor
+from lmrl.state import adamw, schedule_factor
 from lmrl.tasks.text import Example, TextTask, evaluate_text
 
 
@@ -89,7 +89,7 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     log = log or (lambda step, metrics: None)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = adamw(params, lr, weight_decay)
 
     def evaluate() -> dict[str, float]:
         return evaluate_text(task, policy, max_examples=eval_examples)[0]
