@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch  # noqa: E402
+from test_hf_policy import tiny_tokenizer  # noqa: E402
 from test_lean import model, save  # noqa: E402
 
 from lmrl.config import Config, ConfigError  # noqa: E402
@@ -85,3 +86,12 @@ def test_compile_needs_lmrls_forward(tmp_path):
                                  "compile": True})
     with pytest.raises(ConfigError, match="compile"):
         Config().replace(policy={"compile": True})  # the toy model has no such choice
+
+
+def test_rope_table_is_the_models_rotary_embedding_at_each_position():
+    lean = HFPolicy(model("llama"), tiny_tokenizer(), forward="lmrl").lean  # rope scaling 2
+    positions = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
+    want_cos, want_sin = lean.model.model.rotary_emb(torch.zeros(1), positions)
+    cos, sin = lean.rope_table(7)
+    assert cos.shape == (7, lean.d)
+    assert torch.allclose(cos[positions], want_cos) and torch.allclose(sin[positions], want_sin)
