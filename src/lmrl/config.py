@@ -105,7 +105,7 @@ class PolicyConfig:
     transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
     compile: bool = False
     """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
-    log-prob pass (forward and backward), with fused elementwise ops. On a 2-core CPU: 12-14%
+    log-prob pass (forward and backward), with fused elementwise ops. On a 2-core CPU: 18-24%
     off a tiny model's step, after 7-40 s of compiling in the first step (bench/README.md).
     Needs forward lmrl (or auto resolving to it)."""
     dim: int = 32

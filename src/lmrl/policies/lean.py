@@ -16,7 +16,9 @@ bigger ops:
 - a KV cache that keeps a prompt's keys and values once for its G samples (attention reads
   them once per group, as one matmul with G query rows) and appends each sample's own
   columns by concatenation (autograd-friendly) or, after `reserve`, in place into
-  preallocated buffers (sampling).
+  preallocated buffers (sampling);
+- for `torch.compile` (policy.compile): `StaticCache`, the sampling cache in fixed shapes (one
+  graph serves every decoding step), and RoPE looked up in a table computed outside the graph.
 
 Supported: llama, qwen2, qwen3 and mistral configs with SiLU MLPs and full attention in every
 layer. `unsupported_reason` says why anything else falls back to transformers' forward.
