@@ -368,11 +368,12 @@ class HFPolicy(nn.Module):
                     return self._scaled(decode(self.lean, token, first_position + t, static))
             return next_logits
         preallocate(cache, prompt_mask.shape[1] + max_new)
-        masks = [prompt_mask]
+        mask = prompt_mask  # (N, L + t): grows by one column per token
 
         def next_logits(token: Tensor, t: int) -> Tensor:
-            masks.append(torch.cat([masks[-1], torch.ones_like(prompt_mask[:, :1])], dim=1))
-            return self._forward(token[:, None], masks[-1], cache, 1)[:, -1]
+            nonlocal mask
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            return self._forward(token[:, None], mask, cache, 1)[:, -1]
         return next_logits
 
     def _completes_stop(self, tokens: list[Tensor], done: Tensor) -> Tensor:
