@@ -168,7 +168,7 @@ class HFPolicy(nn.Module):
 
     compile: torch.compile lmrl's forward (`compiled`): decoding runs one graph per rollout on
     a StaticCache, each log-prob pass one graph forward and one backward, with the elementwise
-    ops fused; the first step compiles (about a minute on a 2-core CPU).
+    ops fused; the first step compiles (7-40 s on a 2-core CPU, bench/README.md).
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
