@@ -127,7 +127,7 @@ def child_lmrl(spec: dict) -> dict:
     cfg = Config().replace(
         task={"task": "sort_text", "n": spec["n"], "V": V, "heldout_size": spec["heldout"],
               "reward": "positional"},
-        policy={"model": spec["start"], "dtype": "float32", "device": "cpu",
+        policy={"model": spec["start"], "dtype": spec.get("dtype", "float32"), "device": "cpu",
                 "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
                 "forward": spec["forward"], "compile": spec.get("compile", False)},
         algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
@@ -153,6 +153,8 @@ def child_lmrl(spec: dict) -> dict:
             "train_reward": [r["train/reward_mean"] for r in rows],
             "stages": {k[5:-8]: [r[k] for r in rows] for k in rows[0]
                        if k.startswith("time/") and k.endswith("_seconds")},
+            "settings_seen": {"autocast": str(state.policy.autocast),
+                              "compile": state.policy.compile},
             "eval": heldout_eval(spec, run_dir / "model")}
 
 
@@ -162,7 +164,7 @@ def intervals(t0: float, ends: list[float]) -> list[float]:
 
 # TRL settings that are not TRL's defaults, and why.
 TRL_FAIR = {
-    "bf16": False,  # default True: fp32 in both (bf16 autocast costs ~1.5x on this CPU)
+    "bf16": False,  # default True: fp32 in both (--trl-bf16 turns it back on)
     "gradient_checkpointing": False,  # default True: lmrl keeps activations, so does TRL here
     "use_cpu": True,
     "lr_scheduler_type": "constant",  # default linear decay; lmrl's schedule=constant
@@ -213,7 +215,8 @@ def child_trl(spec: dict) -> dict:
         learning_rate=spec["lr"], warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=spec["kl"], num_iterations=1, epsilon=0.2, loss_type="dapo",
         scale_rewards="group", model_init_kwargs={"dtype": "float32"},
-        torch_compile=spec.get("compile", False), **TRL_FAIR)
+        torch_compile=spec.get("compile", False),
+        **{**TRL_FAIR, "bf16": spec.get("dtype") == "bf16"})
     timer = StepTimer()
     trainer = GRPOTrainer(model=spec["start"], reward_funcs=[reward], args=args,
                           train_dataset=data, callbacks=[timer],
@@ -373,6 +376,16 @@ RATIO_KEYS = ["median_step_s", "completions_per_s", "tokens_per_s", "peak_rss_mb
               "heldout_reward", "heldout_exact_match"]
 
 
+def ceiling_text(report: dict) -> str:
+    """Which ceiling each library was divided by (reports before --lmrl-dtype: fp32 for both)."""
+    ceiling = report["ceiling_gflops"]
+    if not isinstance(ceiling, dict):
+        return f"{ceiling:.0f} GFLOP/s (fp32)"
+    dtypes = report["settings"].get("ceiling_dtypes", {})
+    return ", ".join(f"{lib} {value:.0f} GFLOP/s ({dtypes.get(lib, 'float32')})"
+                     for lib, value in ceiling.items())
+
+
 def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lines = [
@@ -386,8 +399,8 @@ def markdown(report: dict) -> str:
     if report.get("trl_skipped"):
         lines += [f"**TRL side skipped: {report['trl_skipped']}.**", ""]
     lines += ["| model | n | KL | library | s/step | completions/s | tokens/s | peak RSS MB | "
-              "held-out reward | held-out exact match | % fp32 ceiling (standard FLOPs) | "
-              "% fp32 ceiling (executed FLOPs) | others' CPU |",
+              "held-out reward | held-out exact match | % ceiling (standard FLOPs) | "
+              "% ceiling (executed FLOPs) | others' CPU |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in report["cells"]:
         head = f"| {cell['size']} | {cell['n']} | {cell['kl']} "
@@ -408,7 +421,7 @@ def markdown(report: dict) -> str:
     for n in next(iter(report["matmul"].values())):
         lines.append(f"| {n} | " + " | ".join(f"{v[n]:.0f}" for v in report["matmul"].values())
                      + " |")
-    lines += ["", f"Ceiling used: {report['ceiling_gflops']:.0f} GFLOP/s (fp32).", ""]
+    lines += ["", "Ceiling used: " + ceiling_text(report) + ".", ""]
     lines += stage_table(report["cells"])
     lines += ["", "| model | parameters | layers x hidden (heads) | prompt / completion tokens | "
               "start held-out exact match |", "|---|---|---|---|---|"]
@@ -426,7 +439,7 @@ def stage_table(cells: list[dict]) -> list[str]:
     if not staged:
         return []
     names = list(staged[0]["libs"]["lmrl"]["stages"])
-    lines = ["lmrl's step by stage (median seconds; model GFLOP; % of the fp32 ceiling):", "",
+    lines = ["lmrl's step by stage (median seconds; model GFLOP; % of lmrl's ceiling):", "",
              "| model | n | KL | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for cell in staged:
@@ -469,6 +482,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="lmrl's policy.compile (compiling takes the first step, ~1 minute)")
     p.add_argument("--trl-compile", action="store_true",
                    help="TRL's torch_compile (the Trainer compiles the model it trains)")
+    p.add_argument("--lmrl-dtype", default="float32", choices=["float32", "autocast"],
+                   help="lmrl's policy.dtype (autocast: bf16 matmuls on float32 weights; not "
+                        "the fp32 comparison of the issue)")
+    p.add_argument("--trl-bf16", action="store_true",
+                   help="TRL's bf16=True (its default; bf16 autocast on float32 weights)")
     p.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for every child")
     p.add_argument("--idle-threshold", type=float, default=0.1,
                    help="wait until others use less than this fraction of all cores")
@@ -515,7 +533,7 @@ def idle(a) -> dict:
 
 
 def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: dict,
-             work: Path, ceiling: float, flip: bool) -> tuple[dict, list[dict]]:
+             work: Path, ceiling: dict[str, float], flip: bool) -> tuple[dict, list[dict]]:
     """One (size, n, KL) cell: the libraries alternate (A B A B, or B A B A when flip)."""
     order = libs[::-1] if flip else libs
     runs: list[dict] = []
@@ -527,6 +545,8 @@ def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: 
                     "heldout": a.heldout, "threads": a.threads,
                     "max_new_tokens": prep["max_new_tokens"], "forward": a.lmrl_forward,
                     "compile": a.lmrl_compile if lib == "lmrl" else a.trl_compile,
+                    "dtype": a.lmrl_dtype if lib == "lmrl" else
+                    ("bf16" if a.trl_bf16 else "float32"),
                     "run_dir": str(work / name)}
             Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
             before = idle(a)
@@ -536,7 +556,7 @@ def run_cell(a, libs: list[str], size: str, n: int, kl: float, prep: dict, env: 
             print(f"{name}: median {statistics.median(result['step_seconds']):.3f} s/step, "
                   f"held-out exact match {result['eval']['eval/exact_match']:.3f}", flush=True)
     summary = {lib: summarize([r for r in runs if r["lib"] == lib], lib, prep, a.warmup,
-                              ceiling) for lib in libs}
+                              ceiling[lib]) for lib in libs}
     cell = {"size": size, "n": n, "kl": kl, "libs": summary}
     if len(summary) == 2:
         cell["ratio"] = {k: summary["lmrl"][k] / summary["trl"][k] if summary["trl"][k] else None
@@ -560,8 +580,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     setup, _ = run_child("setup", {"threads": a.threads, "matmul_sizes": sizes}, env,
                          work / "logs", "setup")
     setup["matmul"] = {dt: {int(k): v for k, v in g.items()} for dt, g in setup["matmul"].items()}
-    ceiling = max(setup["matmul"]["float32"].values())
-    print(f"fp32 matmul ceiling {ceiling:.0f} GFLOP/s ({a.threads} threads)", flush=True)
+    # Each library's step against the ceiling of the dtype its matmuls run in.
+    dtypes = {"lmrl": "bfloat16" if a.lmrl_dtype == "autocast" else "float32",
+              "trl": "bfloat16" if a.trl_bf16 else "float32"}
+    ceiling = {lib: max(setup["matmul"][dt].values()) for lib, dt in dtypes.items()}
+    print(f"matmul ceiling {ceiling} GFLOP/s ({a.threads} threads)", flush=True)
     models, cells, runs = {}, [], []
     for size in a.sizes:
         for n in a.n:
@@ -579,7 +602,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                            "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
                            "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold,
                            "lmrl_forward": a.lmrl_forward, "lmrl_compile": a.lmrl_compile,
-                           "trl_compile": a.trl_compile},
+                           "trl_compile": a.trl_compile, "lmrl_dtype": a.lmrl_dtype,
+                           "trl_bf16": a.trl_bf16, "ceiling_dtypes": dtypes},
               "idle_before_setup": idle_setup, "matmul": setup["matmul"],
               "ceiling_gflops": ceiling, "models": models, "cells": cells, "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,8 @@ def test_wait_for_idle_reports_what_it_saw():
 
 def check_smoke_report(out: Path, libs: set[str]) -> dict:
     report = json.loads((out / "vs_trl.json").read_text())
-    assert report["ceiling_gflops"] > 0
+    assert set(report["ceiling_gflops"]) == {"lmrl", "trl"}
+    assert all(v > 0 for v in report["ceiling_gflops"].values())
     (cell,) = report["cells"]
     assert set(cell["libs"]) == libs
     for summary in cell["libs"].values():
@@ -143,14 +144,22 @@ def test_smoke_without_trl_skips_it_and_says_so(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (.[bench])")
-def test_smoke_runs_both_libraries(tmp_path):
-    subprocess.run([sys.executable, str(BENCH / "vs_trl.py"), "--smoke", "--out", str(tmp_path)],
-                   check=True, capture_output=True, text=True)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_smoke_runs_both_libraries(tmp_path, bf16):
+    flags = ["--lmrl-dtype", "autocast", "--trl-bf16"] if bf16 else []
+    subprocess.run([sys.executable, str(BENCH / "vs_trl.py"), "--smoke", "--out", str(tmp_path),
+                    *flags], check=True, capture_output=True, text=True)
     report = check_smoke_report(tmp_path, {"lmrl", "trl"})
     (cell,) = report["cells"]
     assert set(cell["ratio"]) == set(vs_trl.RATIO_KEYS)
     trl_run = next(r for r in report["runs"] if r["lib"] == "trl")
     assert trl_run["torch_threads"] == 1 and len(trl_run["tokens"]) == 2
+    assert trl_run["settings_seen"]["bf16"] is bf16
+    lmrl_run = next(r for r in report["runs"] if r["lib"] == "lmrl")
+    assert lmrl_run["settings_seen"]["autocast"] == ("torch.bfloat16" if bf16 else "None")
+    dtype = "bfloat16" if bf16 else "float32"
+    assert report["settings"]["ceiling_dtypes"] == {"lmrl": dtype, "trl": dtype}
+    assert report["ceiling_gflops"]["lmrl"] == max(report["matmul"][dtype].values())
 
 
 def test_shared_prompt_flops_equal_the_standard_pass_for_one_sample_per_prompt():

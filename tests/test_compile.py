@@ -95,3 +95,25 @@ def test_rope_table_is_the_models_rotary_embedding_at_each_position():
     cos, sin = lean.rope_table(7)
     assert cos.shape == (7, lean.d)
     assert torch.allclose(cos[positions], want_cos) and torch.allclose(sin[positions], want_sin)
+
+
+def test_compiled_bf16_autocast_is_as_close_to_float32_as_eager_autocast(tmp_path):
+    """dtype autocast compiled: bf16 matmuls, so compare errors against the float32 pass; a
+    wrong gradient (relative error ~1, as the inplace_buffers bug gave) cannot hide in that."""
+    path = save(tmp_path, model("llama"))
+    exact = HFPolicy.from_pretrained(path, max_new_tokens=6, forward="lmrl")
+    eager = HFPolicy.from_pretrained(path, max_new_tokens=6, forward="lmrl", dtype="autocast")
+    fast = HFPolicy.from_pretrained(path, max_new_tokens=6, forward="lmrl", dtype="autocast",
+                                    compile=True)
+    rollout = exact.sample(PROMPTS, 4, torch.Generator().manual_seed(1))
+    b = fast.sample(PROMPTS, 4, torch.Generator().manual_seed(1))
+    assert b.responses.shape[:2] == rollout.responses.shape[:2]
+    (lp, g), (lp_eager, g_eager), (lp_fast, g_fast) = (grads(p, rollout)
+                                                       for p in (exact, eager, fast))
+    err_eager, err_fast = (lp_eager - lp).abs().max(), (lp_fast - lp).abs().max()
+    assert 0 < err_fast <= 2 * err_eager + 1e-3  # bf16 in both, and no worse
+    for name, want in g.items():
+        scale = want.norm() + 1e-6
+        rel_eager = (g_eager[name] - want).norm() / scale
+        rel_fast = (g_fast[name] - want).norm() / scale
+        assert rel_fast <= 2 * rel_eager + 0.05, (name, float(rel_fast), float(rel_eager))

@@ -16,7 +16,7 @@ from transformers import (  # noqa: E402
 )
 
 from lmrl.config import Config  # noqa: E402
-from lmrl.policies.hf import HFPolicy, choose_tokens  # noqa: E402
+from lmrl.policies.hf import HFPolicy, batch_decode, choose_tokens  # noqa: E402
 from lmrl.state import build_state  # noqa: E402
 from lmrl.step import grpo_step  # noqa: E402
 
@@ -321,3 +321,21 @@ def test_eager_attention_gives_the_same_logprobs(policy, tmp_path):
     a, _ = policy.logprobs(PROMPTS, rollout.responses, rollout.response_mask)
     b, _ = eager.logprobs(PROMPTS, rollout.responses, rollout.response_mask)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+class ShoutingTokenizer(PreTrainedTokenizerFast):
+    """Overrides `_decode`: batch_decode must go through it, not the Rust backend."""
+
+    def _decode(self, token_ids, **kwargs) -> str:
+        return super()._decode(token_ids, **kwargs).upper() + "!"
+
+
+def test_batch_decode_equals_the_tokenizers_own_and_respects_an_override():
+    rows = [[], [PAD, EOS], [2, 12, 3, 13, 4, 14, 5], [EOS, 7]]
+    tok = tiny_tokenizer()
+    reference = tok.batch_decode(rows, skip_special_tokens=False,
+                                 clean_up_tokenization_spaces=False)
+    assert batch_decode(tok, rows) == reference == ["", "<pad><eos>", "0 1+2=3", "<eos>5"]
+    shouting = ShoutingTokenizer(tokenizer_object=tok.backend_tokenizer, pad_token="<pad>",
+                                 eos_token="<eos>")
+    assert batch_decode(shouting, rows) == [t.upper() + "!" for t in reference]

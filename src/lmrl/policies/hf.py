@@ -139,6 +139,19 @@ def preallocate(cache: "DynamicCache | LeanCache", capacity: int) -> None:
     cache.layers = [BufferLayer(layer, capacity) for layer in layers]
 
 
+def batch_decode(tokenizer, rows: list[list[int]]) -> list[str]:
+    """tokenizer.batch_decode(rows) with special tokens kept and no clean-up.
+
+    A fast tokenizer that does not override `_decode` decodes with its Rust backend directly,
+    which is what batch_decode ends up calling, without its per-token conversion walk (~1 ms
+    per 128 rows). Anything else goes through batch_decode."""
+    owner = next(c for c in type(tokenizer).__mro__ if "_decode" in c.__dict__)
+    if "backend_tokenizer" in owner.__dict__:
+        return tokenizer.backend_tokenizer.decode_batch(rows, skip_special_tokens=False)
+    return tokenizer.batch_decode(rows, skip_special_tokens=False,
+                                  clean_up_tokenization_spaces=False)
+
+
 @functools.cache
 def compiled(fn):
     """torch.compile(fn), made once per function: its callers pass the policy (or forward) as
@@ -384,8 +397,7 @@ class HFPolicy(nn.Module):
             return hit
         rows = torch.stack(tokens, dim=1)[running].tolist()
         # Special tokens are kept, as in `decode`, so "<|im_end|>" can be a stop string.
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False,
-                                            clean_up_tokenization_spaces=False)
+        texts = batch_decode(self.tokenizer, rows)
         hits = [i for i, text in zip(running.tolist(), texts, strict=True)
                 if any(s in text for s in self.stop)]
         hit[hits] = True
@@ -397,8 +409,7 @@ class HFPolicy(nn.Module):
         # One tolist per tensor, then plain Python: a boolean index per row costs ~10 µs each.
         rows = [[token for token, kept in zip(r, k, strict=True) if kept] for r, k in
                 zip(responses.flatten(0, 1).tolist(), keep.flatten(0, 1).tolist(), strict=True)]
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False,
-                                            clean_up_tokenization_spaces=False)
+        texts = batch_decode(self.tokenizer, rows)
         G = responses.shape[1]
         return [texts[i:i + G] for i in range(0, len(texts), G)]
 
