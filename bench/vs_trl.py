@@ -516,7 +516,10 @@ def prepare(a, size: str, n: int, env: dict, work: Path) -> dict:
     if a.sft_steps is not None:
         spec["sft_steps"] = a.sft_steps
     cached = Path(spec["dir"]) / "prepared.json"
-    if cached.is_file() and json.loads(cached.read_text())["spec"] == spec and not a.smoke:
+    # The directory itself may differ (another --out with a link to this one): same model.
+    same = {k: v for k, v in spec.items() if k != "dir"}
+    if cached.is_file() and not a.smoke and \
+            {k: v for k, v in json.loads(cached.read_text())["spec"].items() if k != "dir"} == same:
         return json.loads(cached.read_text())["prep"]
     print(f"preparing {size} n={n} (init-model" + (", SFT)" if spec["sft_steps"] else ")"),
           flush=True)
