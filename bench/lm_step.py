@@ -34,6 +34,16 @@ SETTINGS = {
         ("threads=2 compiled", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl",
                                 "LMRL_COMPILE": "1"}),
     ],
+    # bf16 autocast (bf16 matmuls on float32 weights) against float32, eager and compiled.
+    "bf16": [
+        ("eager float32", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl"}),
+        ("eager bf16 autocast", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl",
+                                 "LMRL_DTYPE": "autocast"}),
+        ("compiled float32", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl",
+                              "LMRL_COMPILE": "1"}),
+        ("compiled bf16 autocast", {"LMRL_THREADS": "2", "LMRL_FORWARD": "lmrl",
+                                    "LMRL_COMPILE": "1", "LMRL_DTYPE": "autocast"}),
+    ],
 }
 STAGES = ["sample", "reward", "ref", "logprob", "backward", "optimizer", "step"]
 
@@ -70,7 +80,8 @@ def main() -> None:
     parser.add_argument("--compare", choices=list(SETTINGS), default="forward",
                         help="dtype: threads x float32/bf16 autocast; forward: threads x "
                              "transformers'/lmrl's forward; compile: lmrl's forward eager / "
-                             "compiled")
+                             "compiled; bf16: lmrl's forward eager / compiled x float32 / "
+                             "bf16 autocast")
     args = parser.parse_args()
     settings = SETTINGS[args.compare]
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
