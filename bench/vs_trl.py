@@ -377,13 +377,10 @@ RATIO_KEYS = ["median_step_s", "completions_per_s", "tokens_per_s", "peak_rss_mb
 
 
 def ceiling_text(report: dict) -> str:
-    """Which ceiling each library was divided by (reports before --lmrl-dtype: fp32 for both)."""
-    ceiling = report["ceiling_gflops"]
-    if not isinstance(ceiling, dict):
-        return f"{ceiling:.0f} GFLOP/s (fp32)"
-    dtypes = report["settings"].get("ceiling_dtypes", {})
-    return ", ".join(f"{lib} {value:.0f} GFLOP/s ({dtypes.get(lib, 'float32')})"
-                     for lib, value in ceiling.items())
+    """Which ceiling each library's step was divided by."""
+    dtypes = report["settings"]["ceiling_dtypes"]
+    return ", ".join(f"{lib} {value:.0f} GFLOP/s ({dtypes[lib]})"
+                     for lib, value in report["ceiling_gflops"].items())
 
 
 def markdown(report: dict) -> str:
@@ -603,7 +600,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               "settings": {"threads": a.threads, "omp_wait_policy": a.omp_wait_policy,
                            "warmup": a.warmup, "repeats": a.repeats, "heldout": a.heldout,
                            "B": B, "G": G, "V": V, "sizes": {s: SIZES[s] for s in a.sizes},
-                           "trl_overrides": TRL_FAIR, "idle_threshold": a.idle_threshold,
+                           "trl_overrides": {**TRL_FAIR, "bf16": a.trl_bf16},
+                           "idle_threshold": a.idle_threshold,
                            "lmrl_forward": a.lmrl_forward, "lmrl_compile": a.lmrl_compile,
                            "trl_compile": a.trl_compile, "lmrl_dtype": a.lmrl_dtype,
                            "trl_bf16": a.trl_bf16, "ceiling_dtypes": dtypes},
