@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmrl.config import Config
 from lmrl.logging import read_metrics
@@ -33,6 +34,22 @@ def test_seeded_run_learns(tmp_path):
     last = sum(r["train/reward_mean"] for r in rows[-20:]) / 20
     assert last > first + 1.0  # positional reward, max 4
     assert summary["eval/exact_match"] > 0.5
+
+
+def test_same_seed_same_run_whatever_the_global_rng_held(tmp_path):
+    """The seed fixes the toy model's initialisation too (it draws from torch's global RNG,
+    which the trainer used to read before seeding it: every process started elsewhere)."""
+    runs = []
+    for name, noise in (("a", 1), ("b", 2)):
+        torch.manual_seed(noise)
+        cfg = quick(tmp_path, name, train={"steps": 5, "seed": 3}, log={"eval_every": 5})
+        train(cfg, verbose=False)
+        runs.append([{k: v for k, v in r.items() if not k.startswith("time/")}
+                     for r in read_metrics(tmp_path / name)])
+    assert runs[0] == runs[1]
+    other = quick(tmp_path, "c", train={"steps": 5, "seed": 4}, log={"eval_every": 5})
+    train(other, verbose=False)
+    assert read_metrics(tmp_path / "c")[0] != runs[0][0]  # the step-0 evaluation
 
 
 def test_run_directory_records_everything(tmp_path):

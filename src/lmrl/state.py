@@ -60,8 +60,13 @@ def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
     budget, used unless policy.max_new_tokens overrides it)."""
     p, t = cfg.policy, cfg.task
     if cfg.is_toy:
-        return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
-                             init_scale=p.init_scale, symmetric_init=p.symmetric_init)
+        # Its initialisation draws from torch's global RNG: seeded by the run's seed here, so
+        # that the seed fixes it whoever builds it and whatever ran before (the trainer builds
+        # the policy before build_state seeds), and restored after.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
+                                 init_scale=p.init_scale, symmetric_init=p.symmetric_init)
     from lmrl.policies.hf import HFPolicy
 
     return HFPolicy.from_pretrained(
