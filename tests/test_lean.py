@@ -196,3 +196,31 @@ def test_forward_is_validated():
         Config().replace(policy={"model": "some/model", "forward": "fast"})
     with pytest.raises(ConfigError, match="forward"):
         Config().replace(policy={"forward": "lmrl"})  # the toy model has no such choice
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_small_tile_attention_equals_the_matmul_one_in_value_and_gradient(with_prefix):
+    """attend(small=True), the broadcast form compiled code uses for tiny tiles, is the same
+    function as the matmul form, masked columns and the shared prefix included (float64)."""
+    from lmrl.policies.lean import attend, attention_bias
+
+    g = torch.Generator().manual_seed(0)
+    B, G, h, S, L, d = 3, 2, 2, 4, 5, 8
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    q, k, v = rand(B * G, h, S, d), rand(B * G, h, S, d), rand(B * G, h, S, d)
+    prefix = (rand(B, h, L, d), rand(B, h, L, d)) if with_prefix else None
+    mask = torch.ones(B * G, (L if with_prefix else 0) + S, dtype=torch.long)
+    mask[0, :2] = 0  # padding: masked key columns for row 0
+    bias = attention_bias(mask, S, torch.float64)
+    inputs = [q, k, v, *(prefix or ())]
+    outs = []
+    for small in (False, True):
+        out = attend(q, k, v, bias, prefix, small)
+        outs.append((out, torch.autograd.grad(out.square().sum(), inputs)))
+    (ref, ref_grads), (got, got_grads) = outs
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
