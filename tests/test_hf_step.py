@@ -47,14 +47,21 @@ def fixed_batch(policy: HFPolicy, state, extra_pad: int = 0) -> Batch:
     return Batch(inputs, responses, mask, delta, logp_ref)
 
 
-def gradients(cfg: Config, k: int, extra_pad: int = 0) -> tuple[list[torch.Tensor], float]:
+def gradients(cfg: Config, k: int, extra_pad: int = 0,
+              flat: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], float]:
+    """flat: groups given Δ = 0, which the update then skips (`Batch.groups_with_gradient`)."""
     policy = make_policy()
     state = build_state(cfg, policy)
     batch = fixed_batch(policy, state, extra_pad)
     state.optimizer.step = lambda: None  # keep the gradients, skip the update
-    # As grpo_step does: the constant normaliser is the token budget, not the padded T.
+    # As grpo_step does: the constant normaliser is the token budget, not the padded T, and it
+    # counts the whole batch.
     denominator = loss_denominator(batch.response_mask, cfg.algo.aggregation,
                                    constant=policy.max_new_tokens)
+    if flat:
+        batch.delta[list(flat)] = 0.0
+        batch = batch.groups_with_gradient()
+        assert len(batch.delta) == 4 - len(flat) and len(batch.prompts) == len(batch.delta)
     _, diag = policy_update(state, cfg, batch.split(k), None, denominator)
     return [p.grad.clone() for p in policy.parameters()], diag["loss/total"]
 
@@ -66,6 +73,24 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation):
     for k in (2, 4):
         grads, loss_k = gradients(cfg, k)
         assert loss_k == pytest.approx(loss, abs=1e-6)
+        for a, b in zip(full, grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_skipping_zero_delta_groups_keeps_a_causal_lms_loss_and_gradient():
+    """The PromptBatch of the kept groups is selected with them: same loss and gradient."""
+    cfg = cfg_with(algo={"kl_weight": 0.0})
+    policy = make_policy()
+    reference = fixed_batch(policy, build_state(cfg, policy))
+    reference.delta[[0, 2]] = 0.0
+    state = build_state(cfg, policy)
+    state.optimizer.step = lambda: None
+    denominator = loss_denominator(reference.response_mask, "token_mean")
+    _, diag = policy_update(state, cfg, reference.split(1), None, denominator)
+    full = [p.grad.clone() for p in policy.parameters()]
+    for k in (1, 2):
+        grads, loss = gradients(cfg, k, flat=(0, 2))
+        assert loss == pytest.approx(diag["loss/total"], abs=1e-6)
         for a, b in zip(full, grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 

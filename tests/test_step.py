@@ -91,13 +91,17 @@ def test_parameters_change_after_one_step():
     assert changed and state.step == 1
 
 
-def _gradients(cfg: Config, k: int) -> list[torch.Tensor]:
+def _gradients(cfg: Config, k: int, flat: tuple[int, ...] = (),
+               skip: bool = False) -> list[torch.Tensor]:
+    """Gradients of one update; the groups in `flat` get Δ = 0; skip: through
+    Batch.groups_with_gradient."""
     state, task = build_state(cfg), build_task(cfg)
     g = torch.Generator().manual_seed(3)
     prompts = task.sample_prompts(cfg.train.B, g)
     rollout = state.policy.sample(prompts, cfg.train.G, generator=g)
     rewards = task.rewards(prompts, rollout.responses)
     delta = rewards - rewards.mean(dim=-1, keepdim=True)
+    delta[list(flat)] = 0.0
     mask = rollout.response_mask.clone()
     mask[::2, :, -1] = 0  # ragged responses, so the normaliser matters
     logp_ref = state.reference.logprobs(prompts, rollout.responses, mask) if state.reference \
@@ -106,7 +110,8 @@ def _gradients(cfg: Config, k: int) -> list[torch.Tensor]:
     from lmrl.losses import loss_denominator
 
     state.optimizer.step = lambda: None  # keep the gradients, skip the update
-    policy_update(state, cfg, batch.split(k), None,
+    update = batch.groups_with_gradient() if skip else batch
+    policy_update(state, cfg, update.split(k), None,
                   loss_denominator(mask, cfg.algo.aggregation))
     return [p.grad.clone() for p in state.policy.parameters()]
 
@@ -119,6 +124,38 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation):
     for k in (2, 4):
         for a, b in zip(full, _gradients(cfg, k), strict=True):
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
+def test_skipping_groups_whose_delta_is_zero_keeps_the_gradient(aggregation):
+    """Without a KL term the update skips groups with Δ = 0 everywhere (fewer rows through the
+    log-prob pass and backward) and computes the same gradient, micro-batched or not."""
+    cfg = small_cfg(algo={"aggregation": aggregation, "kl_weight": 0.0},
+                    train={"grad_clip": 0.0})
+    flat = (1, 2, 5)
+    full = _gradients(cfg, 1, flat)
+    for k in (1, 2, 4):
+        for a, b in zip(full, _gradients(cfg, k, flat, skip=True), strict=True):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_groups_with_gradient_selects_prompts_and_keeps_whole_batches():
+    B, G, T = 4, 3, 2
+    delta = torch.zeros(B, G)
+    delta[1, 0], delta[3, 2] = 0.5, -1.0
+    batch = Batch(torch.arange(B)[:, None], torch.zeros(B, G, T), torch.ones(B, G, T), delta,
+                  None)
+    kept = batch.groups_with_gradient()
+    assert kept.prompts.squeeze(-1).tolist() == [1, 3] and kept.delta.shape == (2, G)
+    assert [len(mb.delta) for mb in kept.split(4)] == [1, 1]  # never more parts than prompts
+    words = Batch(["a", "b", "c", "d"], *[getattr(batch, f) for f in
+                                          ("responses", "response_mask", "delta", "logp_ref")])
+    assert words.groups_with_gradient().prompts == ["b", "d"]
+    with_kl = Batch(batch.prompts, batch.responses, batch.response_mask, delta,
+                    torch.zeros(B, G, T))
+    assert with_kl.groups_with_gradient() is with_kl  # the KL term has a gradient everywhere
+    none = Batch(batch.prompts, batch.responses, batch.response_mask, torch.zeros(B, G), None)
+    assert none.groups_with_gradient() is none  # the optimizer still steps (on zeros)
 
 
 def test_train_state_round_trip_resumes_bit_for_bit():

@@ -42,10 +42,27 @@ class Batch:
     logp_ref: Tensor | None  # (B, G, T), only with a KL term
 
     def split(self, k: int) -> list["Batch"]:
-        """k micro-batches by prompt, so every group stays whole."""
+        """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
+        are fewer prompts, or when Tensor.chunk's equal sizes need fewer parts)."""
         parts = {f.name: getattr(self, f.name) for f in fields(self)}
         chunks = {n: _chunk(v, k) for n, v in parts.items()}
-        return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(k)]
+        count = len(chunks["delta"])
+        return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(count)]
+
+    def groups_with_gradient(self) -> "Batch":
+        """The groups whose Δ is not all 0, when there is no KL term (logp_ref is None).
+
+        Every policy loss is a multiple of Δ, so such a group's gradient is exactly 0: the update
+        may skip its log-prob pass and backward, and computes the same gradient for less work
+        (flat groups are common with 0/1 rewards). The loss keeps the whole batch's denominator.
+        The whole batch stays when every group has some Δ, and when none has: the optimizer
+        then still steps on zero gradients (AdamW's momentum moves the weights), as without
+        the skip."""
+        keep = (self.delta != 0).any(dim=-1)  # (B,)
+        if self.logp_ref is not None or bool(keep.all()) or not bool(keep.any()):
+            return self
+        rows = keep.nonzero().squeeze(-1)
+        return Batch(**{f.name: _select(getattr(self, f.name), rows) for f in fields(self)})
 
 
 def _chunk(value, k: int) -> list:
@@ -56,6 +73,15 @@ def _chunk(value, k: int) -> list:
         size = -(-len(value) // k)
         return [value[i:i + size] for i in range(0, len(value), size)]
     return value.chunk(k)
+
+
+def _select(value, rows: Tensor):
+    """The given prompts (rows (B',) of the prompt axis) of a Batch field."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [value[i] for i in rows.tolist()]
+    return value[rows.to(value.device)] if isinstance(value, Tensor) else value.select(rows)
 
 
 def policy_inputs(policy, prompts):
@@ -91,10 +117,11 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     # causal LM stops sampling when its longest response ends).
     budget = getattr(policy, "max_new_tokens", None)
     denominator = loss_denominator(batch.response_mask, a.aggregation, constant=budget)
+    update = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
     logp_old: list[Tensor] | None = None
     times: dict[str, float] = {}
     for _ in range(a.mu):
-        logp_old, diag = policy_update(state, cfg, batch.split(tr.grad_accum), logp_old,
+        logp_old, diag = policy_update(state, cfg, update.split(tr.grad_accum), logp_old,
                                        denominator)
         for key in ("time/logprob_seconds", "time/backward_seconds", "time/optimizer_seconds"):
             times[key] = times.get(key, 0.0) + diag.pop(key)  # summed over the μ passes
@@ -109,6 +136,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
         **diag,
         **times,
         "train/lr": lr,
+        "train/updated_group_frac": len(update.delta) / len(batch.delta),
         "train/ref_refreshed": float(refreshed),
         "time/sample_seconds": t_sampled - t0,
         "time/reward_seconds": t_scored - t_sampled,

@@ -46,6 +46,12 @@ class PromptBatch:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def select(self, rows: Tensor) -> "PromptBatch":
+        """The prompts at rows (B',), as `Tensor.__getitem__` would select them."""
+        on = rows.to(self.input_ids.device)
+        return PromptBatch(self.input_ids[on], self.attention_mask[on],
+                           [self.texts[i] for i in rows.tolist()])
+
     def chunk(self, k: int) -> list["PromptBatch"]:
         """Split by prompt as `Tensor.chunk` does, so step.Batch.split can split a PromptBatch."""
         ids, masks = self.input_ids.chunk(k), self.attention_mask.chunk(k)
