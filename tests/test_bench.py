@@ -175,3 +175,20 @@ def test_shared_prompt_flops_equal_the_standard_pass_for_one_sample_per_prompt()
     shared = step_flops(m, 2, 4, 7, [4.0] * 8, kl=True, shared_prompt=True)
     full = step_flops(m, 2, 4, 7, [4.0] * 8, kl=True)
     assert shared["sample"] == full["sample"] and shared["ref"] < full["ref"]
+
+
+def test_ab_step_runs_two_variants_interleaved(tmp_path):
+    """bench/ab_step.py end to end on a 2-layer model, eager, one timed step per variant."""
+    from lmrl.modelzoo import init_model, task_alphabet
+
+    task = vs_trl.make_task({"n": 5, "heldout": 10})
+    init_model(tmp_path / "m", task_alphabet(task), hidden_size=8, num_layers=2, num_heads=2)
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "ab_step.py"), "--model", str(tmp_path / "m"), "--eager",
+         "--steps", "2", "--warmup", "1", "--threads", "1", "--kl", "0",
+         "step.Batch.groups_with_gradient = lambda self: self",
+         "step.Batch.groups_with_gradient = groups_with_gradient"],
+        capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all("step " in line and "updated groups" in line
+                                   for line in lines[1:])
