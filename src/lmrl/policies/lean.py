@@ -188,10 +188,9 @@ def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
 
 # Attention tiles up to this many (query, key) pairs per head are computed as broadcast
 # products and sums inside torch.compile'd code (`attend(small=True)`; eager code would
-# materialise the products): inductor fuses them into a few loops,
-# where a batched matmul makes one tiny GEMM call per (row, head). Measured on 2 CPU cores,
-# tiny model (B=16, G=8, 4 heads of 32): per layer, shared-prompt pass forward 0.61 -> 0.37 ms,
-# forward + backward 2.45 -> 1.44 ms (bench/README.md).
+# materialise the products): inductor fuses them into a few loops, where a batched matmul
+# makes one tiny GEMM call per (row, head). On 2 CPU cores, tiny model (B=16, G=8, 4 heads of
+# 32): 9% off a compiled step, 132.9 -> 121.0 ms (bench/README.md, "Small attention tiles").
 SMALL_TILE = 1024
 
 
