@@ -181,6 +181,22 @@ def test_sequence_ratio_one_has_the_naive_gradient(loss_name):
     torch.testing.assert_close(seq, naive, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_every_loss_has_zero_gradient_where_delta_is_zero(loss_name, ratio_level):
+    """What lets the update skip groups whose Δ are all 0 (step.Batch.groups_with_gradient):
+    their rows add nothing to any loss's gradient, whatever the ratio."""
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    logp_old = logp.detach() + 0.3 * torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    delta = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    delta[1] = 0.0
+    mask = torch.ones(2, 3, 4, dtype=torch.float64)
+    loss = LOSSES[loss_name](logp, logp_old, delta, mask, ratio_level=ratio_level)
+    (grad,) = torch.autograd.grad(aggregate(loss, mask, "token_mean"), logp)
+    assert grad[0].abs().sum() > 0 and torch.equal(grad[1], torch.zeros_like(grad[1]))
+
+
 def test_clipped_gradient_is_zero_where_clipped():
     # r = 2 > 1.2 with Δ > 0: the clipped branch wins and the gradient vanishes;
     # r = 2 with Δ < 0: the unclipped branch wins, d(-rΔ)/dlogp = -rΔ = 2

@@ -50,14 +50,14 @@ class Batch:
         return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(count)]
 
     def groups_with_gradient(self) -> "Batch":
-        """The groups whose Δ is not all 0, when there is no KL term (logp_ref is None).
+        """The groups with some Δ != 0, when there is no KL term (logp_ref is None).
 
-        Every policy loss is a multiple of Δ, so such a group's gradient is exactly 0: the update
-        may skip its log-prob pass and backward, and computes the same gradient for less work
-        (flat groups are common with 0/1 rewards). The loss keeps the whole batch's denominator.
-        The whole batch stays when every group has some Δ, and when none has: the optimizer
-        then still steps on zero gradients (AdamW's momentum moves the weights), as without
-        the skip."""
+        Every policy loss is a multiple of Δ (tests/test_losses.py checks each one), so a group
+        whose Δ are all 0 contributes exactly 0 to the gradient: the update skips its log-prob
+        pass and backward and computes the same gradient for less work (such flat groups are
+        common with 0/1 rewards). The loss keeps the whole batch's denominator. The whole batch
+        stays when every group has some Δ, and when none has: the optimizer then still steps on
+        zero gradients (AdamW's momentum moves the weights), as without the skip."""
         keep = (self.delta != 0).any(dim=-1)  # (B,)
         if self.logp_ref is not None or bool(keep.all()) or not bool(keep.any()):
             return self
