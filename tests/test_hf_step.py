@@ -47,9 +47,10 @@ def fixed_batch(policy: HFPolicy, state, extra_pad: int = 0) -> Batch:
     return Batch(inputs, responses, mask, delta, logp_ref)
 
 
-def gradients(cfg: Config, k: int, extra_pad: int = 0,
-              flat: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], float]:
-    """flat: groups given Δ = 0, which the update then skips (`Batch.groups_with_gradient`)."""
+def gradients(cfg: Config, k: int, extra_pad: int = 0, flat: tuple[int, ...] = (),
+              skip: bool = False) -> tuple[list[torch.Tensor], float]:
+    """flat: groups given Δ = 0; skip: the update leaves them out
+    (`Batch.groups_with_gradient`)."""
     policy = make_policy()
     state = build_state(cfg, policy)
     batch = fixed_batch(policy, state, extra_pad)
@@ -58,8 +59,8 @@ def gradients(cfg: Config, k: int, extra_pad: int = 0,
     # counts the whole batch.
     denominator = loss_denominator(batch.response_mask, cfg.algo.aggregation,
                                    constant=policy.max_new_tokens)
-    if flat:
-        batch.delta[list(flat)] = 0.0
+    batch.delta[list(flat)] = 0.0
+    if skip:
         batch = batch.groups_with_gradient()
         assert len(batch.delta) == 4 - len(flat) and len(batch.prompts) == len(batch.delta)
     _, diag = policy_update(state, cfg, batch.split(k), None, denominator)
@@ -80,17 +81,10 @@ def test_gradient_accumulation_equals_one_big_batch(aggregation):
 def test_skipping_zero_delta_groups_keeps_a_causal_lms_loss_and_gradient():
     """The PromptBatch of the kept groups is selected with them: same loss and gradient."""
     cfg = cfg_with(algo={"kl_weight": 0.0})
-    policy = make_policy()
-    reference = fixed_batch(policy, build_state(cfg, policy))
-    reference.delta[[0, 2]] = 0.0
-    state = build_state(cfg, policy)
-    state.optimizer.step = lambda: None
-    denominator = loss_denominator(reference.response_mask, "token_mean")
-    _, diag = policy_update(state, cfg, reference.split(1), None, denominator)
-    full = [p.grad.clone() for p in policy.parameters()]
+    full, full_loss = gradients(cfg, 1, flat=(0, 2))
     for k in (1, 2):
-        grads, loss = gradients(cfg, k, flat=(0, 2))
-        assert loss == pytest.approx(diag["loss/total"], abs=1e-6)
+        grads, loss = gradients(cfg, k, flat=(0, 2), skip=True)
+        assert loss == pytest.approx(full_loss, abs=1e-6)
         for a, b in zip(full, grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
