@@ -257,12 +257,19 @@ def test_cli_no_command_exits_2(capsys):
 
 
 def test_cli_top_level_help_exits_0(capsys):
+    main(["--help"])  # returns: exit code 0, and the usage on stdout
+    out = capsys.readouterr().out
+    assert "lmrl {train,sweep,plot,init-model,sft,eval}" in out
+    assert "default|lecture|t1|t3" in out
+
+
+def test_cli_version_and_unknown_command(capsys):
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("lmrl 0.")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    err = capsys.readouterr().err
-    assert "lmrl {train,sweep,plot,init-model,sft,eval}" in err
-    assert "default|lecture|t1|t3" in err
+        main(["trian"])
+    assert exit_info.value.code == 2
+    assert "lmrl: error: unknown command 'trian'" in capsys.readouterr().err
 
 
 def test_heldout_size_too_large_for_the_prompt_space():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lmrl.errors import DataError
 from lmrl.tasks.gsm8k import (
     MAX_ANSWER_CHARS,
     R1_ZERO_PROMPT,
@@ -208,7 +209,7 @@ def test_bad_settings(tmp_path):
         GSM8KTask(data=data, heldout_size=5)
     with pytest.raises(ValueError, match="heldout_size=0"):
         GSM8KTask(data=data, heldout_size=0)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
         GSM8KTask(data=tmp_path / "missing.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no rows"):

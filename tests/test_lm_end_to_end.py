@@ -34,7 +34,8 @@ def test_each_stage_writes_what_the_next_one_loads(pipeline):
     assert summary["sft/steps"] == 30 and "eval/exact_match" in summary
     run = pipeline / "run"
     for name in ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
-                 "checkpoint.pt", "model/model.safetensors", "model/tokenizer.json"):
+                 "checkpoints/step-00000004/state.json", "model/model.safetensors",
+                 "model/tokenizer.json", ".lmrl"):
         assert (run / name).is_file(), name
 
 
@@ -102,7 +103,8 @@ def test_a_missing_model_directory_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--model", str(tmp_path / "nope"), *TASK])
     assert exit_info.value.code == 2
-    assert "cannot load model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("lmrl: error: --model") and "no such directory" in err
 
 
 def test_user_data_with_a_module_function_reward_trains_end_to_end(tmp_path, monkeypatch):

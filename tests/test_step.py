@@ -1,10 +1,10 @@
 """Tiers 3 and 5: the GRPO step on the toy model — passes made, snapshots, accumulation."""
 
-import io
 
 import pytest
 import torch
 
+from lmrl import checkpoint
 from lmrl.config import Config
 from lmrl.state import build_state
 from lmrl.step import Batch, grpo_step, policy_update
@@ -158,7 +158,8 @@ def test_groups_with_gradient_selects_prompts_and_keeps_whole_batches():
     assert none.groups_with_gradient() is none  # the optimizer still steps (on zeros)
 
 
-def test_train_state_round_trip_resumes_bit_for_bit():
+def test_train_state_round_trip_resumes_bit_for_bit(tmp_path):
+    """Through the checkpoint format (safetensors + JSON, no pickle)."""
     cfg = small_cfg(algo={"kl_weight": 0.1, "ref_refresh": 4})
     task = build_task(cfg)
     straight = build_state(cfg)
@@ -168,11 +169,9 @@ def test_train_state_round_trip_resumes_bit_for_bit():
     first = build_state(cfg)
     for _ in range(4):
         grpo_step(first, task, cfg)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
+    path = checkpoint.save(tmp_path, first.step, first.state_dict(), {}, keep=1)
     resumed = build_state(cfg.replace(train={"seed": 123}))  # different init, overwritten
-    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    resumed.load_state_dict(checkpoint.load(path)[0])
     for _ in range(4):
         grpo_step(resumed, task, cfg)
     for k, v in straight.policy.state_dict().items():

@@ -57,7 +57,8 @@ def test_run_directory_records_everything(tmp_path):
     summary = train(cfg, verbose=False)
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "summary.json", "reward.png",
-                 "model.safetensors", "checkpoint.pt"):
+                 "model.safetensors", ".lmrl", "checkpoints/step-00000012/state.json",
+                 "checkpoints/step-00000012/tensors.safetensors"):
         assert (run / name).is_file(), name
     assert Config.from_dict(json.loads((run / "config.json").read_text())) == cfg
     rows = read_metrics(run)
@@ -132,18 +133,20 @@ def test_cli_resume_without_checkpoint_is_a_clear_error(tmp_path):
     done = run_cli("train", "--run-dir", "missing", "--resume", "--steps", "2", "--no-progress",
                    cwd=tmp_path)
     assert done.returncode == 2
-    assert "checkpoint.pt does not exist" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith("lmrl: error: --resume: missing holds no run to resume")
+    assert "Traceback" not in done.stderr
 
 
 def test_resume_refuses_a_changed_algorithm(tmp_path):
     from lmrl.config import ConfigError
+    from lmrl.errors import RunDirError
 
     cfg = quick(tmp_path, "strict", train={"steps": 3})
     train(cfg, verbose=False)
     with pytest.raises(ConfigError, match="algo.delta: 'normalized' -> 'raw'"):
         train(cfg.replace(algo={"delta": "raw"}, log={"resume": True}), verbose=False)
     assert not (tmp_path / "never").exists()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunDirError, match="holds no run to resume"):
         train(quick(tmp_path, "never", log={"resume": True}), verbose=False)
     assert not (tmp_path / "never").exists()
 

@@ -1,5 +1,6 @@
 """lmrl: reinforcement learning on language models, from a toy sorting task up."""
 
+from lmrl._version import __version__
 from lmrl.config import (
     AlgoConfig,
     Config,
@@ -11,6 +12,5 @@ from lmrl.config import (
 )
 from lmrl.trainer import train
 
-__all__ = ["AlgoConfig", "Config", "ConfigError", "LogConfig", "PolicyConfig", "TaskConfig",
-           "TrainConfig", "train"]
-__version__ = "0.1.0"
+__all__ = ["__version__", "AlgoConfig", "Config", "ConfigError", "LogConfig", "PolicyConfig",
+           "TaskConfig", "TrainConfig", "train"]

@@ -7,15 +7,22 @@ task flags (`--task sort_text --n 5`).
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
 
-from lmrl.config import Config, ConfigError, PolicyConfig, TaskConfig
+from lmrl import files
+from lmrl._version import __version__
+from lmrl.config import MAX_SEED, Config, ConfigError, PolicyConfig, TaskConfig, check_device
+from lmrl.errors import NonFiniteError, RunInterrupted, UsageError, UserError
 from lmrl.presets import PRESETS
 
 USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
@@ -29,6 +36,13 @@ USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised as one `lmrl: error:` block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def split_preset(args: list[str]) -> tuple[str, list[str]]:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--preset", default="default")
@@ -39,12 +53,58 @@ def split_preset(args: list[str]) -> tuple[str, list[str]]:
 
 
 def parse_config(args: list[str], prog: str = "lmrl train") -> Config:
-    """Preset, then flags on top; the config is validated when tyro builds it."""
+    """Preset, then flags on top; the config is validated when tyro builds it. With --resume
+    the run's own config.json is the default instead (so `lmrl train --run-dir DIR --resume`
+    needs no other flag), except trust_remote_code, which only a flag can turn on."""
     preset, rest = split_preset(args)
-    return tyro.cli(Config, args=rest, default=PRESETS[preset](), prog=prog,
-                    description=f"Train with GRPO. Preset: {preset} (choices: "
-                                f"{', '.join(PRESETS)}). Flags override the preset.",
-                    config=(tyro.conf.OmitArgPrefixes,))
+    default, name = resume_default(rest), f"preset {preset}"
+    if default is None:
+        default = PRESETS[preset]()
+    else:
+        name = "the run's config.json (--resume)"
+    return cli_parse(Config, rest, prog, default=default,
+                     description=f"Train with GRPO. Defaults: {name}; presets: "
+                                 f"{', '.join(PRESETS)}. Flags override them.")
+
+
+def resume_default(args: list[str]) -> Config | None:
+    """The saved config of the run named by --run-dir when --resume is given."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run-dir")
+    parser.add_argument("--resume", action="store_true")
+    known, _ = parser.parse_known_args(args)
+    path = Path(known.run_dir or "") / "config.json"
+    if not (known.resume and known.run_dir and path.is_file()):
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        saved.get("policy", {})["trust_remote_code"] = False  # never from a file on disk
+        return Config.from_dict(saved)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--resume: {path} is not a config lmrl can read ({err}); pass the "
+                          "run's flags again, or start a new run") from err
+
+
+def cli_parse(cls, args: list[str], prog: str, description: str, **kwargs):
+    """tyro, with its usage errors turned into one `lmrl: error:` block (tyro prints its own
+    formatted message and exits 2; its help exits 0)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(cls, args=args, prog=prog, description=description,
+                            config=(tyro.conf.OmitArgPrefixes,), **kwargs)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            sys.stderr.write(captured.getvalue())
+            raise
+        raise UsageError(_unboxed(captured.getvalue()) or f"bad arguments; see {prog} --help"
+                         ) from None
+
+
+def _unboxed(text: str) -> str:
+    """tyro's framed error box as plain lines."""
+    lines = [line.strip().strip("╭╮╰╯│─ ") for line in text.splitlines()]
+    return "\n  ".join(line for line in lines if line and set(line) != {"─"})
 
 
 def cmd_train(args: list[str]) -> None:
@@ -56,7 +116,7 @@ def cmd_train(args: list[str]) -> None:
 def cmd_sweep(args: list[str]) -> None:
     from lmrl.sweep import parse_grid, run_sweep
 
-    parser = argparse.ArgumentParser(prog="lmrl sweep", description="Train a grid of runs.")
+    parser = Parser(prog="lmrl sweep", description="Train a grid of runs.")
     parser.add_argument("--grid", action="append", default=[],
                         help="field=v1,v2 (repeatable), e.g. --grid delta=raw,centered")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -72,11 +132,12 @@ def cmd_sweep(args: list[str]) -> None:
 def cmd_plot(args: list[str]) -> None:
     from lmrl.plotting import plot_runs
 
-    parser = argparse.ArgumentParser(prog="lmrl plot", description="Overlay runs.")
+    parser = Parser(prog="lmrl plot", description="Overlay runs.")
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--metric", default="eval/exact_match")
     parser.add_argument("--out", default="comparison.png")
     ns = parser.parse_args(args)
+    files.check_replaceable_file(ns.out, files.png_by_lmrl)
     print(plot_runs(ns.run_dirs, ns.out, ns.metric))
 
 
@@ -102,6 +163,8 @@ class InitModelArgs:
     alphabet: str = "task"
     """task: the characters of the task's prompts and answers; ascii: all printable ASCII."""
     seed: int = 0
+    overwrite: bool = False
+    """Replace an earlier lmrl init-model output in --out."""
 
 
 def cmd_init_model(args: list[str]) -> None:
@@ -109,18 +172,26 @@ def cmd_init_model(args: list[str]) -> None:
 
     from lmrl.modelzoo import init_model, task_alphabet
 
-    a = tyro.cli(InitModelArgs, args=args, prog="lmrl init-model",
-                 description="Build a small Llama/Qwen2-style causal LM with a character "
-                             "tokenizer for a task (no download).",
-                 config=(tyro.conf.OmitArgPrefixes,))
+    a = cli_parse(InitModelArgs, args, "lmrl init-model",
+                  "Build a small Llama/Qwen2-style causal LM with a character tokenizer for a "
+                  "task (no download).")
     if a.alphabet not in ("task", "ascii"):
         raise ConfigError(f"--alphabet {a.alphabet!r}: valid: task, ascii")
+    sizes = {"--hidden-size": a.hidden_size, "--layers": a.layers, "--heads": a.heads,
+             "--intermediate-size": a.intermediate_size or 1}
+    for flag, value in sizes.items():
+        if value < 1:
+            raise ConfigError(f"{flag}={value} must be >= 1")
+    if not 0 <= a.seed <= MAX_SEED:
+        raise ConfigError(f"--seed={a.seed} must be in 0..{MAX_SEED}")
+    files.check_output(a.out, "init-model", overwrite=a.overwrite)
     task = text_task(a.task, model=a.out)
     alphabet = task_alphabet(task) if a.alphabet == "task" else string.printable.strip("\x0b\x0c\r")
     try:
-        count = init_model(a.out, alphabet, arch=a.arch, hidden_size=a.hidden_size,
-                           num_layers=a.layers, num_heads=a.heads,
-                           intermediate_size=a.intermediate_size, seed=a.seed)
+        with files.output_dir(a.out, "init-model", replace=a.overwrite) as tmp:
+            count = init_model(tmp, alphabet, arch=a.arch, hidden_size=a.hidden_size,
+                               num_layers=a.layers, num_heads=a.heads,
+                               intermediate_size=a.intermediate_size, seed=a.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     print(f"wrote {a.out}: {a.arch}, {count:,} parameters, alphabet {alphabet!r}")
@@ -151,23 +222,44 @@ class SFTArgs:
     """torch threads (0 = auto)."""
     device: str = "auto"
     progress: bool = True
+    overwrite: bool = False
+    """Replace an earlier lmrl sft output in --out (only after the new one is complete)."""
+
+
+def check_sft_args(a: SFTArgs) -> None:
+    """Every number in range before anything loads (the training config does the same)."""
+    for flag, value in {"--lr": a.lr, "--weight-decay": a.weight_decay,
+                        "--grad-clip": a.grad_clip}.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag}={value} must be a finite number")
+    if not 0 < a.lr <= 1:
+        raise ConfigError(f"--lr={a.lr} must be in (0, 1]")
+    at_least = {"--steps": (a.steps, 0), "--batch-size": (a.batch_size, 1),
+                "--eval-every": (a.eval_every, 1), "--warmup-steps": (a.warmup_steps, 0),
+                "--weight-decay": (a.weight_decay, 0), "--grad-clip": (a.grad_clip, 0),
+                "--eval-examples": (a.eval_examples, 0), "--seed": (a.seed, 0),
+                "--threads": (a.threads, 0)}
+    for flag, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{flag}={value} must be >= {low}")
+    if a.stop_at is not None and not 0 <= a.stop_at <= 1:
+        raise ConfigError(f"--stop-at={a.stop_at} must be in [0, 1] (a held-out exact match)")
+    check_device(a.device)
 
 
 def cmd_sft(args: list[str]) -> None:
     from lmrl.sft import run_sft
     from lmrl.threads import configure_threads
 
-    a = tyro.cli(SFTArgs, args=args, prog="lmrl sft",
-                 description="Supervised fine-tuning on the task's demonstrations.",
-                 config=(tyro.conf.OmitArgPrefixes,))
+    a = cli_parse(SFTArgs, args, "lmrl sft",
+                  "Supervised fine-tuning on the task's demonstrations.")
+    check_sft_args(a)
     configure_threads(a.threads, "lm")
     task = text_task(a.task, model=a.model)
     if a.stop_at is not None and task.correctness is None:
         raise ConfigError(f"--stop-at needs a right answer, and task {a.task.task} has no "
                           "correctness reward; drop --stop-at")
-    if a.steps < 0 or a.batch_size < 1 or a.eval_every < 1:
-        raise ConfigError("--steps must be >= 0, --batch-size and --eval-every >= 1")
-    summary = run_sft(a.model, task, a.out, device=a.device, steps=a.steps,
+    summary = run_sft(a.model, task, a.out, device=a.device, overwrite=a.overwrite, steps=a.steps,
                       batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
                       weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                       eval_every=a.eval_every, eval_examples=a.eval_examples or None,
@@ -200,6 +292,8 @@ class EvalArgs:
     """Write the metrics as JSON here."""
     seed: int = 0
     threads: int = 0
+    trust_remote_code: bool = False
+    """Run the model's own code (only ever from this flag, never from a run's config.json)."""
 
 
 def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
@@ -208,14 +302,19 @@ def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
         if a.model is None:
             raise ConfigError("lmrl eval needs --model DIR or --run RUN_DIR")
         return a.model, a.task, PolicyConfig(model=a.model, max_new_tokens=a.max_new_tokens,
-                                             stop=a.stop)
+                                             stop=a.stop, trust_remote_code=a.trust_remote_code)
     if a.task != EvalArgs.__dataclass_fields__["task"].default_factory():
         raise ConfigError("--run takes the task from the run's config.json; drop the task flags")
     config_path = Path(a.run) / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"--run: {config_path} does not exist")
-    saved = Config.from_dict(json.loads(config_path.read_text()))
-    policy = saved.policy
+        raise ConfigError(f"--run: {config_path} does not exist; give a run directory that "
+                          "lmrl train wrote")
+    try:
+        saved = Config.from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ConfigError(f"--run: {config_path} is not a config lmrl can read ({err})") from err
+    # The run's file says how it sampled, never whether to run the model's code.
+    policy = dataclasses.replace(saved.policy, trust_remote_code=a.trust_remote_code)
     if a.max_new_tokens or a.stop:
         policy = dataclasses.replace(policy, max_new_tokens=a.max_new_tokens or
                                      policy.max_new_tokens, stop=a.stop or policy.stop)
@@ -230,9 +329,10 @@ def cmd_eval(args: list[str]) -> None:
     from lmrl.threads import configure_threads
     from lmrl.trainer import build_task
 
-    a = tyro.cli(EvalArgs, args=args, prog="lmrl eval",
-                 description="Greedy held-out evaluation of a causal-LM checkpoint.",
-                 config=(tyro.conf.OmitArgPrefixes,))
+    a = cli_parse(EvalArgs, args, "lmrl eval",
+                  "Greedy held-out evaluation of a causal-LM checkpoint.")
+    if a.out:
+        files.check_replaceable_file(a.out, files.json_by_lmrl)
     configure_threads(a.threads, "lm")
     model, task_cfg, p = eval_settings(a)
     cfg = Config(task=task_cfg, policy=dataclasses.replace(p, model=model, device=a.device))
@@ -245,7 +345,8 @@ def cmd_eval(args: list[str]) -> None:
         print(f"{sample['prompt']!r} -> {sample['completion']!r}")
     print(json.dumps(metrics, indent=2))
     if a.out:
-        Path(a.out).write_text(json.dumps({"model": model, **metrics}, indent=2))
+        files.write_text(a.out, json.dumps({"written_by": files.WRITER, "model": model,
+                                            **metrics}, indent=2))
 
 
 def _split_double_dash(args: list[str]) -> tuple[list[str], str, list[str]]:
@@ -259,16 +360,44 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "plot": cmd_plot,
             "init-model": cmd_init_model, "sft": cmd_sft, "eval": cmd_eval}
 
 
+def fail(message: str, code: int) -> None:
+    print(f"lmrl: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command. A user error is one `lmrl: error:` block and exit code 2; a run stopped
+    by SIGINT/SIGTERM exits 128 + the signal's number; a run stopped for non-finite numbers
+    exits 1. `--debug` (anywhere) or LMRL_DEBUG=1 shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LMRL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"lmrl {__version__}")
+        return
     if not argv or argv[0] not in COMMANDS:
-        print(USAGE.format(presets="|".join(PRESETS)), file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+        helped = bool(argv) and argv[0] in ("-h", "--help")
+        print(USAGE.format(presets="|".join(PRESETS)), file=sys.stdout if helped else sys.stderr)
+        if not helped:
+            fail(f"unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}" if argv
+                 else "no command given; choose one of " + ", ".join(COMMANDS), 2)
+        return
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except RunInterrupted as stop:
+        if debug:
+            raise
+        print(f"lmrl: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:  # outside a training loop, or a second Ctrl-C inside one
+        if debug:
+            raise
+        print("lmrl: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (UserError, NonFiniteError) as err:
+        if debug:
+            raise
+        fail(str(err), 2 if isinstance(err, UserError) else 1)
 
 
 if __name__ == "__main__":

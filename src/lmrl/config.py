@@ -6,9 +6,13 @@ message that names the field and the fix.
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
+import torch
+
 from lmrl.deltas import DELTAS, GROUP_BASELINE
+from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
 from lmrl.policies.toy import INITS
 from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
@@ -23,10 +27,6 @@ TOY_LR, LM_LR = 3e-3, 2e-4
 SORT_HELDOUT = 2000  # the toy sort task's held-out prompts when heldout_size is not given
 SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("jsonl", "tensorboard")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, with the change that fixes it."""
 
 
 def _choice(group: str, name: str, value: str, valid) -> None:
@@ -70,6 +70,9 @@ class TaskConfig:
     reward: str = "positional"
     """Training reward of sort / sort_text. Valid: exact_match, positional, inclusion_adjacency,
     inclusion_adjacency_multiset."""
+    reward_timeout: float = 60.0
+    """Seconds one call of a user reward function (--reward-fns) may take before the run stops
+    with an error naming the function and the batch (0 = no limit)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,9 @@ class TrainConfig:
     """Seed of initialisation, prompt sampling and response sampling."""
     threads: int = 0
     """torch intra-op threads; 0 = auto (1 for the toy model, whose ops are too small to split)."""
+    max_skipped: int = 5
+    """Stop the run with an error after this many updates in a row were skipped for a
+    non-finite loss or gradient (each skip is counted in train/skipped_updates)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +215,13 @@ class LogConfig:
     """jsonl (always written) or tensorboard (also writes TensorBoard events)."""
     progress: bool = True
     """Show a progress bar."""
-    save_every: int = 0
-    """Write a resumable checkpoint every k steps (0 = only at the end)."""
+    save_every: int = 500
+    """Write a resumable checkpoint every k steps (0 = not by step count)."""
+    save_minutes: float = 5.0
+    """Also write one when this many minutes of training passed since the last (0 = not by
+    time). A checkpoint is also written at the end, on SIGTERM/SIGINT and on an error."""
+    keep_checkpoints: int = 2
+    """Keep this many of the newest checkpoints (checkpoints/step-N/); older ones are removed."""
     resume: bool = False
     """Resume from run_dir/checkpoint.pt."""
 
@@ -302,6 +313,8 @@ def _reject_ignored(cfg: Config) -> None:
         (t.task not in ("gsm8k", "user"), "task", ("data", "heldout_data"),
          "only gsm8k and user read data files"),
         (t.task == "sort", "task", ("reward_fns",), "the toy task scores token tensors, not text"),
+        (not t.reward_fns, "task", ("reward_timeout",),
+         "only user reward functions (reward_fns) run under a timeout"),
         (t.task == "user" and t.heldout_data is not None, "task", ("heldout_size", "split_seed"),
          "with heldout_data the user task evaluates that whole file"),
         (t.task == "sort", "log", ("eval_limit", "log_samples"),
@@ -404,9 +417,70 @@ def validate(cfg: Config) -> None:
         raise ConfigError("log.eval_limit and log.log_samples must be >= 0, task.heldout_size >= 1")
     if lg.resume and lg.overwrite:
         raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
+    _check_ranges(cfg)
     _reject_ignored(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
+
+
+def _check_finite(cfg: Config) -> None:
+    """NaN passes every `x <= 0` check and inf is never meant: no float setting may be either."""
+    for group in _GROUPS:
+        for f in dataclasses.fields(_GROUPS[group]):
+            value = getattr(getattr(cfg, group), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{group}.{f.name}={value} must be a finite number")
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric setting in its meaningful range, before anything starts."""
+    t, p, tr, lg = cfg.task, cfg.policy, cfg.train, cfg.log
+    _check_finite(cfg)
+    at_least = {
+        "train.weight_decay": (tr.weight_decay, 0), "train.grad_clip": (tr.grad_clip, 0),
+        "train.time_limit": (tr.time_limit, 0), "train.warmup_steps": (tr.warmup_steps, 0),
+        "train.threads": (tr.threads, 0), "train.max_skipped": (tr.max_skipped, 1),
+        "log.save_every": (lg.save_every, 0), "log.save_minutes": (lg.save_minutes, 0),
+        "log.keep_checkpoints": (lg.keep_checkpoints, 1), "log.eval_samples": (lg.eval_samples, 0),
+        "task.reward_timeout": (t.reward_timeout, 0), "task.split_seed": (t.split_seed, 0),
+        "task.digits": (t.digits, 1), "train.seed": (tr.seed, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{name}={value} must be >= {low}")
+    if tr.seed > MAX_SEED or t.split_seed > MAX_SEED:
+        raise ConfigError(f"train.seed and task.split_seed must be <= {MAX_SEED}")
+    if not 0.0 <= tr.min_lr_frac <= 1.0:
+        raise ConfigError(f"train.min_lr_frac={tr.min_lr_frac} must be in [0, 1] (a fraction of "
+                          "the peak lr; a negative one would ascend the loss)")
+    if tr.lr is not None and tr.lr > 1.0:
+        raise ConfigError(f"train.lr={tr.lr} is above 1: AdamW moves every weight by about lr "
+                          "per update, so the model would diverge; use e.g. 1e-4 to 1e-2")
+    check_device(p.device)
+
+
+def check_device(device: str) -> None:
+    """The device must parse and exist here (auto always does)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"policy.device={device!r} is not a device ({err}); use auto, cpu, "
+                          "cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"policy.device={device!r} but this machine has no CUDA device (or "
+                          "this torch build has no CUDA); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"policy.device={device!r} but there are only "
+                          f"{torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"policy.device={device!r} but MPS is not available here; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"policy.device={device!r}: lmrl runs on cpu, cuda or mps")
 
 
 def describe(cfg: Config) -> str:

@@ -1,5 +1,6 @@
 """Plots read the JSONL a run wrote; nothing here touches a model."""
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -7,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lmrl import files  # noqa: E402
+from lmrl.errors import UserError  # noqa: E402
 from lmrl.logging import read_metrics  # noqa: E402
 
 
@@ -15,10 +18,37 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
+def run_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of a run directory's metrics.jsonl; anything else is a UserError naming it."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir} is not a directory; give the run_dir of a training run")
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no metrics.jsonl, so it is not a run directory (or its "
+                        "run has not logged a step yet); give the run_dir of a training run")
+    try:
+        return read_metrics(run_dir)
+    except ValueError as err:  # bad JSON or bytes, e.g. a line cut short by a killed run
+        raise UserError(f"cannot read {path}: {err}; remove or repair the broken line") from err
+
+
+def save(fig, out: Path) -> Path:
+    """Write the figure atomically (files.atomic_file: a reader or a crash never sees half a
+    PNG), marked as lmrl's in its metadata so that a later plot may replace it
+    (files.png_by_lmrl) and nothing else is."""
+    try:
+        with files.atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png",
+                        metadata={"Software": files.WRITER})
+    finally:
+        plt.close(fig)
+    return out
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Train reward (sampled) and held-out reward (greedy) per step, and held-out exact match."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
+    rows = run_metrics(run_dir)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(*series(rows, "train/reward_mean"), label="train reward (sampled)", alpha=0.7)
     left.plot(*series(rows, "eval/reward"), "o-", label="held-out reward (greedy)")
@@ -32,24 +62,32 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     right.legend()
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    out = Path(out) if out else run_dir / "reward.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save(fig, Path(out) if out else run_dir / "reward.png")
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path, metric: str = "eval/exact_match",
               labels: list[str] | None = None) -> Path:
-    """Overlay one metric of several runs."""
+    """Overlay one metric of several runs. A metric no run logged is a UserError listing the
+    ones they did; runs without it are left out with a note."""
+    runs = [run_metrics(run_dir) for run_dir in run_dirs]
+    has = [bool(series(rows, metric)[0]) for rows in runs]
+    if not any(has):
+        logged = sorted({k for rows in runs for r in rows for k, v in r.items()
+                         if v is not None and k != "step"})
+        raise UserError(f"no run logged metric {metric!r}; pick one of theirs with --metric: "
+                        f"{', '.join(logged) or '(none: the runs logged no steps)'}")
+    if not all(has):
+        missing = [str(d) for d, h in zip(run_dirs, has, strict=True) if not h]
+        print(f"note: {', '.join(missing)} did not log {metric!r}; plotting the other runs",
+              file=sys.stderr)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, run_dir in enumerate(run_dirs):
-        label = labels[i] if labels else Path(run_dir).name
-        ax.plot(*series(read_metrics(run_dir), metric), "o-" if metric.startswith("eval/")
-                else "-", label=label, markersize=3)
+    for i, (run_dir, rows) in enumerate(zip(run_dirs, runs, strict=True)):
+        if has[i]:
+            label = labels[i] if labels else Path(run_dir).name
+            ax.plot(*series(rows, metric), "o-" if metric.startswith("eval/") else "-",
+                    label=label, markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    return save(fig, Path(out))

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lmrl import files
+from lmrl.errors import NonFiniteError
 from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
 from lmrl.policies.hf import HFPolicy
@@ -52,6 +54,9 @@ def sft_loss(policy: HFPolicy, prompts: list[str], responses: Tensor, response_m
     """Mean negative log-likelihood over the response tokens of the batch. (B, G, T) -> ()."""
     logp, _ = policy.logprobs(prompts, responses, response_mask)
     return -masked_mean(logp, response_mask.to(logp.device))
+
+
+MAX_SKIPPED = 5  # non-finite updates in a row before SFT stops
 
 
 def lr_at(step: int, steps: int, lr: float, warmup_steps: int) -> float:
@@ -100,12 +105,16 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     last_eval = evaluate()
     log(0, last_eval)
     metrics: dict[str, float] = {}
-    step = 0
+    step = in_a_row = 0
     bar = tqdm(total=steps, disable=not progress, desc="sft", dynamic_ncols=True, mininterval=1.0)
     while step < steps and not reached(last_eval):
         metrics = sft_step(policy, task, optimizer, params, batch_size,
                            lr_at(step, steps, lr, warmup_steps), grad_clip, generator)
         step += 1
+        in_a_row = in_a_row + 1 if metrics["train/skipped_update"] else 0
+        if in_a_row >= MAX_SKIPPED:
+            raise NonFiniteError(f"{in_a_row} SFT updates in a row had a non-finite loss or "
+                                 "gradient and were skipped; lower --lr")
         if step % eval_every == 0 or step == steps:
             last_eval = evaluate()
             metrics.update(last_eval)
@@ -131,28 +140,42 @@ def sft_step(policy: HFPolicy, task: TextTask, optimizer: torch.optim.Optimizer,
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.step()
+    # A non-finite loss or gradient would make every weight NaN: skip the update.
+    skipped = not (math.isfinite(float(loss.detach())) and math.isfinite(float(grad_norm)))
+    if not skipped:
+        optimizer.step()
     return {"train/sft_loss": float(loss.detach()), "train/grad_norm": float(grad_norm),
-            "train/lr": lr, "train/response_tokens": float(response_mask.sum())}
+            "train/lr": lr, "train/response_tokens": float(response_mask.sum()),
+            "train/skipped_update": float(skipped)}
 
 
 def run_sft(model_path: str | Path, task: TextTask, out_dir: str | Path,
-            device: str = "auto", dtype: str = "auto", **sft_kwargs) -> dict:
+            device: str = "auto", dtype: str = "auto", overwrite: bool = False,
+            **sft_kwargs) -> dict:
     """Load `model_path`, fine-tune it on `task` (sft's keyword arguments), save the model to
     out_dir with metrics.jsonl (one line per step) and summary.json; returns the summary.
-    device and dtype are HFPolicy.from_pretrained's."""
+    device and dtype are HFPolicy.from_pretrained's.
+
+    out_dir must be new or empty, or (overwrite) an earlier lmrl sft output, and never the
+    model's own directory; the whole output is written aside and moved in when complete
+    (files.output_dir), so a failed run leaves any earlier output as it was."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = (model_path,) if Path(model_path).exists() else ()
+    files.check_output(out_dir, "sft", overwrite=overwrite, inputs=inputs)
     policy = HFPolicy.from_pretrained(str(model_path), dtype=dtype, device=device,
                                       max_new_tokens=task.max_new_tokens)
-    logger = MetricsLogger(out_dir)
-    try:
-        final = sft(policy, task, log=logger.log, **sft_kwargs)
-    finally:
-        logger.close()
-    policy.save_pretrained(out_dir)
-    summary = {**final, "model_path": str(model_path), "task": task.name,
-               "out_dir": str(out_dir),
-               "settings": {k: v for k, v in sft_kwargs.items() if k != "progress"}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with files.output_dir(out_dir, "sft", replace=overwrite) as tmp:
+        logger = MetricsLogger(tmp)
+        try:
+            final = sft(policy, task, log=logger.log, **sft_kwargs)
+        finally:
+            logger.close()
+        if not all(bool(torch.isfinite(p).all()) for p in policy.model.parameters()):
+            raise NonFiniteError("the fine-tuned weights are non-finite; nothing was saved. "
+                                 "Lower --lr")
+        policy.save_pretrained(tmp)
+        summary = {**final, "model_path": str(model_path), "task": task.name,
+                   "out_dir": str(out_dir),
+                   "settings": {k: v for k, v in sft_kwargs.items() if k != "progress"}}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

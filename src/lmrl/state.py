@@ -26,6 +26,13 @@ class TrainState:
     generator: torch.Generator  # prompt and response sampling
     eval_generator: torch.Generator  # held-out sampling, so evaluation never shifts training
     step: int = 0
+    # Counters that continue across resumes.
+    wall_seconds: float = 0.0  # training time of all sessions of the run
+    optimizer_steps: int = 0  # updates applied (skipped ones are not)
+    skipped_updates: int = 0  # updates skipped for a non-finite loss or gradient
+    skipped_in_a_row: int = 0
+
+    COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
     def state_dict(self) -> dict:
         return {
@@ -33,12 +40,8 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "reference": self.reference.state_dict() if self.reference else None,
-            "generator": self.generator.get_state(),
-            "eval_generator": self.eval_generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
-            "step": self.step,
+            **self.rng_state(),
+            **{name: getattr(self, name) for name in self.COUNTERS},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -47,12 +50,23 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])
+        self.set_rng_state(state)
+        for name in self.COUNTERS:
+            setattr(self, name, state.get(name, getattr(self, name)))
+
+    def rng_state(self) -> dict:
+        """Every random number generator the run draws from."""
+        return {"generator": self.generator.get_state(),
+                "eval_generator": self.eval_generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.eval_generator.set_state(state["eval_generator"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         np.random.set_state(state["numpy_rng"])
-        self.step = state["step"]
 
 
 def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:

@@ -8,6 +8,7 @@ toy model and a causal LM run through the same code. Shapes: B prompts, G sample
 response tokens; per-token tensors (B, G, T), per-response tensors (B, G).
 """
 
+import math
 import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from lmrl.config import Config
 from lmrl.deltas import compute_deltas
+from lmrl.errors import RewardError
 from lmrl.losses import (
     KL_ESTIMATORS,
     LOSSES,
@@ -84,6 +86,11 @@ def _select(value, rows: Tensor):
     return value[rows.to(value.device)] if isinstance(value, Tensor) else value.select(rows)
 
 
+# Per-pass numbers that the step reports as sums over its μ passes.
+SUMMED_OVER_PASSES = ("time/logprob_seconds", "time/backward_seconds", "time/optimizer_seconds",
+                      "train/skipped_nonfinite_loss", "train/skipped_nonfinite_grad")
+
+
 def policy_inputs(policy, prompts):
     """What the policy conditions on: the toy model takes the prompt tensor as is; a causal LM
     takes text, tokenized once here so that sampling and every log-prob pass share it."""
@@ -103,6 +110,11 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
         rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
     t_sampled = time.perf_counter()
     rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
+    if not bool(torch.isfinite(rewards).all()):  # text tasks name the function; this is a net
+        raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
+    # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32, and a
+    # Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
+    rewards = rewards.to(torch.float32)
     delta = compute_deltas(a.delta, rewards, eps=a.norm_eps)  # (B, G)
     t_scored = time.perf_counter()
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None)
@@ -123,8 +135,11 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     for _ in range(a.mu):
         logp_old, diag = policy_update(state, cfg, update.split(tr.grad_accum), logp_old,
                                        denominator)
-        for key in ("time/logprob_seconds", "time/backward_seconds", "time/optimizer_seconds"):
+        for key in SUMMED_OVER_PASSES:
             times[key] = times.get(key, 0.0) + diag.pop(key)  # summed over the μ passes
+    skipped = times["train/skipped_nonfinite_loss"] + times["train/skipped_nonfinite_grad"]
+    state.skipped_updates += int(skipped)
+    state.skipped_in_a_row = state.skipped_in_a_row + int(skipped) if skipped else 0
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     state.scheduler.step()
     state.step += 1
@@ -136,6 +151,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
         **diag,
         **times,
         "train/lr": lr,
+        "train/skipped_updates": state.skipped_updates,  # in the whole run
         "train/updated_group_frac": len(update.delta) / len(batch.delta),
         "train/ref_refreshed": float(refreshed),
         "time/sample_seconds": t_sampled - t0,
@@ -184,10 +200,19 @@ def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
         parts.append((mask.sum().item(), diag))
     t3 = time.perf_counter()
     grad_norm = grad_clip(state, cfg.train.grad_clip)
-    state.optimizer.step()
     diag = combine(parts)
     diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
     diag["policy/grad_norm"] = grad_norm
+    # A non-finite loss or gradient would turn every weight into NaN: skip the update (the
+    # trainer counts skips and stops the run after train.max_skipped in a row).
+    stage = nonfinite_stage(diag["loss/total"], grad_norm)
+    if stage is None:
+        state.optimizer.step()
+        state.optimizer_steps += 1
+    else:
+        state.optimizer.zero_grad(set_to_none=True)
+    diag["train/skipped_nonfinite_loss"] = float(stage == "loss")
+    diag["train/skipped_nonfinite_grad"] = float(stage == "gradient")
     # Stage times of this pass (log-prob forward + loss, backward, clip + optimizer).
     diag["time/logprob_seconds"] = clock["forward"]
     diag["time/backward_seconds"] = clock["backward"]
@@ -226,6 +251,13 @@ def combine(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
         else:
             out[key] = sum(w * d[key] for w, d in parts) / total
     return out
+
+
+def nonfinite_stage(loss: float, grad_norm: float) -> str | None:
+    """Where a pass went non-finite: "loss", else "gradient", else None."""
+    if not math.isfinite(loss):
+        return "loss"
+    return None if math.isfinite(grad_norm) else "gradient"
 
 
 def grad_clip(state: TrainState, max_norm: float) -> float:

@@ -1,12 +1,20 @@
 """Grids of runs: every combination of some config fields × seeds, a markdown table and a plot."""
 
 import dataclasses
+import difflib
 import itertools
 import json
 from pathlib import Path
 
 from lmrl.config import Config
+from lmrl.errors import ConfigError
 from lmrl.plotting import plot_runs
+
+
+def field_names(cfg: Config) -> list[str]:
+    """Every flat field name a grid may sweep."""
+    return sorted(f.name for group in dataclasses.fields(cfg)
+                  for f in dataclasses.fields(getattr(cfg, group.name)))
 
 
 def field_group(cfg: Config, name: str) -> str:
@@ -14,7 +22,14 @@ def field_group(cfg: Config, name: str) -> str:
     for group in dataclasses.fields(cfg):
         if name in {f.name for f in dataclasses.fields(getattr(cfg, group.name))}:
             return group.name
-    raise ValueError(f"unknown config field {name!r} in the sweep grid")
+    names = field_names(cfg)
+    close = difflib.get_close_matches(name, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"unknown config field {name!r} in the sweep grid{hint}; valid fields: "
+                      f"{', '.join(names)}")
+
+
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
 def parse_value(cfg: Config, name: str, text: str):
@@ -22,13 +37,24 @@ def parse_value(cfg: Config, name: str, text: str):
     group = getattr(cfg, field_group(cfg, name))
     declared = next(f.type for f in dataclasses.fields(group) if f.name == name)
     kinds = str(declared)
+    expected = getattr(declared, "__name__", kinds)  # "int", "float | None"
     if text.lower() == "none" and "None" in kinds:
         return None
+    if "tuple" in kinds:
+        raise ConfigError(f"a sweep grid cannot vary {name} (a list of values); give it after "
+                          "'--' to set it for every run")
     if "bool" in kinds:
-        return text.lower() in ("1", "true", "yes")
+        if text.lower() in TRUE + FALSE:
+            return text.lower() in TRUE
+        raise ConfigError(f"sweep grid value {name}={text!r} is not a bool; use true or false")
     for kind in (int, float):
         if kind.__name__ in kinds:
-            return kind(text)
+            try:
+                return kind(text)
+            except ValueError as err:
+                example = f"{kind(1)},{kind(2)}"
+                raise ConfigError(f"sweep grid value {name}={text!r} does not parse as "
+                                  f"{expected}; write e.g. --grid {name}={example}") from err
     return text
 
 
@@ -36,10 +62,18 @@ def parse_grid(cfg: Config, specs: list[str]) -> dict[str, list]:
     """["delta=raw,centered", "lr=1e-3,3e-3"] -> {"delta": ["raw", "centered"], "lr": [...]}."""
     grid = {}
     for spec in specs:
-        name, _, values = spec.partition("=")
-        if not values:
-            raise ValueError(f"grid entry {spec!r} must look like name=v1,v2")
-        grid[name] = [parse_value(cfg, name, v) for v in values.split(",")]
+        name, eq, values = spec.partition("=")
+        name = name.strip().replace("-", "_")  # the flag spelling (--kl-weight) works too
+        items = [v.strip() for v in values.split(",")]
+        if not eq or not name or not all(items):
+            raise ConfigError(f"grid entry {spec!r} must look like name=v1,v2 with no empty "
+                              "value, e.g. --grid delta=raw,centered")
+        if name in grid:
+            raise ConfigError(f"grid field {name!r} is given twice; list all its values in one "
+                              f"--grid {name}=v1,v2")
+        if name == "seed":
+            raise ConfigError("sweep seeds with --seeds 0 1 2, not --grid seed=...")
+        grid[name] = [parse_value(cfg, name, v) for v in items]
     return grid
 
 
@@ -50,9 +84,9 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], out_dir: st
 
     train_fn = train_fn or train
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     names = list(grid)
+    runs = []
     for combo in itertools.product(*(grid[n] for n in names)):
         for seed in seeds:
             setting = dict(zip(names, combo, strict=True))
@@ -64,10 +98,14 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], out_dir: st
             changes.setdefault("log", {}).update(
                 {"run_dir": str(out_dir / f"{label}_seed={seed}"), "overwrite": True,
                  "progress": False})
-            summary = train_fn(base.replace(**changes), verbose=False)
-            results.append({"label": label, "seed": seed, **setting, **summary})
-            print(f"{label} seed={seed}: held-out exact match "
-                  f"{summary['eval/exact_match']:.3f}, {summary['wall_seconds']:.1f}s")
+            # Built (and so validated) up front: a bad combination fails before any training.
+            runs.append((label, seed, setting, base.replace(**changes)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for label, seed, setting, cfg in runs:
+        summary = train_fn(cfg, verbose=False)
+        results.append({"label": label, "seed": seed, **setting, **summary})
+        print(f"{label} seed={seed}: held-out exact match "
+              f"{summary['eval/exact_match']:.3f}, {summary['wall_seconds']:.1f}s")
     with (out_dir / "results.jsonl").open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in results)
     (out_dir / "table.md").write_text(markdown_table(results, names))

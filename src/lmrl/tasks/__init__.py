@@ -21,6 +21,7 @@ def build_task(t):
                         reward=t.reward)
     from lmrl.tasks.text import check_reward_names, load_reward_fn
 
+    timeout = t.reward_timeout or None  # 0 = no limit
     split = {"split_seed": t.split_seed}
     if t.heldout_size is not None:  # else the task's own default
         split["heldout_size"] = t.heldout_size
@@ -47,7 +48,8 @@ def build_task(t):
             split = {}
         # Its reward functions are the configured ones; it checks their names itself.
         return UserTask(data=t.data, reward_fns=list(t.reward_fns),
-                        heldout_data=t.heldout_data, **split)
-    task.rewards = task.rewards + [load_reward_fn(spec) for spec in t.reward_fns]
+                        heldout_data=t.heldout_data, reward_timeout=timeout, **split)
+    # Only the user's functions get the time limit: built-ins run on the calling thread.
+    task.rewards = task.rewards + [load_reward_fn(spec, timeout) for spec in t.reward_fns]
     check_reward_names([r.name for r in task.rewards])  # now, not at the first step
     return task

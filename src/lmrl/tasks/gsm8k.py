@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from lmrl.tasks.text import Example, RewardFn, TextTask
+from lmrl.errors import DataError
+from lmrl.tasks.text import Example, RewardFn, TextTask, data_file, read_lines
 
 R1_ZERO_PROMPT = (
     "A conversation between User and Assistant. The User asks a question, and the Assistant "
@@ -54,7 +55,8 @@ ALLOWED_COMMANDS = frozenset({"boxed", "frac", "dfrac", "tfrac", "text", "textbf
                               "mbox", "cdot", "times", "div", "sqrt", "left", "right"})
 TIMEOUT_S = 1  # math-verify's SIGALRM timeout per parse/verify call, main thread only
 
-_WELL_FORMED = re.compile(r"</think> <answer>(.*?)</answer>", re.DOTALL)
+_OPEN_TAG = "</think> <answer>"
+_CLOSE_TAG = "</answer>"
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _COMMAND = re.compile(r"\\([A-Za-z]+)")
@@ -84,8 +86,16 @@ def extract_answer(completion: str) -> str | None:
     " 2+2 is 4 </think> <answer> 4 </answer>" -> "4"; "... </think><answer>4</answer>" -> None
     (no space); "<answer> 4 </answer>" -> None (no "</think>"); "</think> <answer> 4" -> None.
     """
-    match = _WELL_FORMED.search(completion)
-    return match.group(1).strip() if match else None
+    # Two str.find scans, linear in the completion. (A lazy regex "</think> <answer>(.*?)
+    # </answer>" re-scans to the end from every unclosed opener: quadratic, minutes on 1 MB.)
+    # The leftmost opener with a closer after it is simply the first opener: any closer after
+    # a later opener is after the first one too.
+    start = completion.find(_OPEN_TAG)
+    if start < 0:
+        return None
+    start += len(_OPEN_TAG)
+    end = completion.find(_CLOSE_TAG, start)
+    return completion[start:end].strip() if end >= 0 else None
 
 
 def format_reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
@@ -166,21 +176,17 @@ def _gold(truth: str) -> list:
 
 def load_gsm8k(path: str | Path) -> list[Example]:
     """GSM8K JSONL rows -> examples {"prompt", "question", "solution", "ground_truth"}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GSM8K data file {path} does not exist")
+    path = data_file(path, "GSM8K data file")
     examples = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for line_no, line in read_lines(path):  # a bad byte is a DataError naming its line
         try:
             row = json.loads(line)
             examples.append(gsm8k_example(row["question"], row["answer"]))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
-            raise ValueError(f"{path}:{line_no}: not a GSM8K row "
-                             f"{{'question': str, 'answer': '... #### N'}}: {err!r}") from err
+            raise DataError(f"{path}:{line_no}: not a GSM8K row "
+                            f"{{'question': str, 'answer': '... #### N'}}: {err!r}") from err
     if not examples:
-        raise ValueError(f"{path} has no rows")
+        raise DataError(f"{path} has no rows; it is empty or blank")
     return examples
 
 

@@ -21,6 +21,7 @@ tokens. Appending junk after a right answer costs the graded rewards nothing, wh
 
 import functools
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,17 +31,24 @@ from lmrl.tasks import sort
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
 _INT = re.compile(r"-?[0-9]+")
+MAX_INT_DIGITS = 4300  # Python's default sys.get_int_max_str_digits()
 
 
 def parse_int(token: str) -> int | None:
     """An integer in ASCII digits with an optional '-': '12' -> 12, '-3' -> -3, '007' -> 7;
-    anything else ('x', '3,', '1.0', '+1', '', '١') -> None."""
-    if not _INT.fullmatch(token):
+    anything else ('x', '3,', '1.0', '+1', '', '١') -> None, and so is a number of more than
+    MAX_INT_DIGITS digits ('9' * 4301)."""
+    if len(token.removeprefix("-")) > _max_digits() or not _INT.fullmatch(token):
         return None
-    try:
-        return int(token)
-    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits())
-        return None
+    return int(token)
+
+
+def _max_digits() -> int:
+    """The most digits parse_int reads. int() refuses more than sys.get_int_max_str_digits()
+    (ValueError), and is quadratic in the digits when that limit is lifted (0), so the
+    length is checked first, explicitly, and never exceeds MAX_INT_DIGITS."""
+    limit = sys.get_int_max_str_digits()
+    return min(limit, MAX_INT_DIGITS) if limit else MAX_INT_DIGITS
 
 
 def _positions(numbers: list[list[int]], completions: list[str]

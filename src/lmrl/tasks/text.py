@@ -13,7 +13,11 @@ mean is logged on its own. Exactly one of them is the task's *correctness* (exac
 answer): held-out correctness is the signal the runs are judged by (eval/exact_match).
 
 A reward function that raises is a bug, not a zero: `score` re-runs it row by row to find the
-first sample that raises and reports that prompt and completion.
+first sample that raises and reports that prompt and completion. A user's reward function runs
+under a time limit (TaskConfig.reward_timeout) in a daemon thread, so a call that hangs stops the
+run with an error instead of stalling it, and cannot keep the process alive afterwards. Built-in
+rewards run on the calling thread: gsm8k's math-verify guards itself with SIGALRM, which works
+only on the main thread.
 """
 
 import importlib
@@ -21,6 +25,8 @@ import json
 import math
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lmrl.errors import ConfigError, DataError, RewardError
+
 Example = dict
 RewardCallable = Callable[..., Sequence[float]]
-
-
-class RewardError(RuntimeError):
-    """A reward function failed or returned something that is not one float per completion."""
 
 
 @dataclass(frozen=True)
@@ -41,15 +45,21 @@ class RewardFn:
     name: str
     fn: RewardCallable
     weight: float = 1.0
+    timeout: float | None = None  # seconds one call may take; None = no limit, calling thread
 
 
-def load_reward_fn(spec: str) -> RewardFn:
-    """'package.module:function[=weight]' -> RewardFn named after the function."""
-    target, _, weight = spec.partition("=")
+def load_reward_fn(spec: str, timeout: float | None = None) -> RewardFn:
+    """'package.module:function[=weight]' -> RewardFn named after the function, whose calls
+    may each take `timeout` seconds (None = no limit)."""
+    target, has_weight, weight_text = spec.partition("=")
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward function {spec!r} must look like 'module:function' "
-                         "(optionally '=weight')")
+        raise ConfigError(f"reward function {spec!r} must look like 'module:function' "
+                          "(optionally '=weight')")
+    weight = parse_weight(spec, weight_text) if has_weight else 1.0
+    if timeout is not None and not timeout >= 0:
+        raise ConfigError(f"reward timeout {timeout} for {spec!r} must be >= 0 seconds "
+                          "(0 = no limit); set --reward-timeout SECONDS")
     if "" not in sys.path and os.getcwd() not in sys.path:
         # A console script's sys.path starts at its bin/ directory, not the working one, where
         # a user's my_rewards.py usually is.
@@ -57,10 +67,24 @@ def load_reward_fn(spec: str) -> RewardFn:
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load reward function {spec!r}: {err}") from err
+        raise ConfigError(f"cannot load reward function {spec!r}: {err}; the module must be "
+                          "importable (in the working directory or on PYTHONPATH) and define "
+                          "the function") from err
     if not callable(fn):
-        raise ValueError(f"reward function {spec!r} is not callable")
-    return RewardFn(attr, fn, float(weight) if weight else 1.0)
+        raise ConfigError(f"reward function {spec!r} is not callable; name a function")
+    return RewardFn(attr, fn, weight, timeout or None)
+
+
+def parse_weight(spec: str, text: str) -> float:
+    """The finite float after '=': a nan or inf weight would make every total reward nan/inf."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise ConfigError(f"reward function {spec!r}: weight {text!r} is not a finite number; "
+                          "write e.g. 'module:function=0.5', or leave out '=weight' for 1")
+    return weight
 
 
 def flat_columns(examples: list[Example], G: int) -> dict[str, list]:
@@ -71,9 +95,12 @@ def flat_columns(examples: list[Example], G: int) -> dict[str, list]:
 
 def call_reward(reward: RewardFn, prompts: list[str], completions: list[str],
                 columns: dict[str, list]) -> list[float]:
-    """Call one reward function on N rows; a raise or a malformed result names the sample."""
+    """Call one reward function on N rows; a raise, a hang past its timeout or a malformed
+    result names the sample."""
     try:
-        values = list(reward.fn(prompts, completions, **columns))
+        values = _run(reward, prompts, completions, columns, reward.timeout)
+    except RewardTimeout as err:
+        raise RewardError(_timeout_message(reward, prompts, completions)) from err
     except Exception as err:  # noqa: BLE001 - re-raised with the failing sample named
         raise RewardError(_first_failure(reward, prompts, completions, columns, err)) from err
     if len(values) != len(completions):
@@ -87,11 +114,62 @@ def call_reward(reward: RewardFn, prompts: list[str], completions: list[str],
     return [float(v) for v in values]
 
 
+class RewardTimeout(Exception):
+    """A timed reward call did not return in time (call_reward turns it into a RewardError)."""
+
+
+def _run(reward: RewardFn, prompts, completions, columns, timeout: float | None) -> list:
+    """reward.fn's values on the calling thread, or, with a timeout, on a daemon thread that is
+    abandoned if it does not finish in time. Not a ThreadPoolExecutor: its threads are joined at
+    interpreter exit, so a hung call would hang the exit too."""
+    if not timeout:  # None or 0: no limit
+        return list(reward.fn(prompts, completions, **columns))
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            # list() here, so that a lazy result is computed under the time limit too.
+            outcome["values"] = list(reward.fn(prompts, completions, **columns))
+        except BaseException as err:  # noqa: BLE001 - re-raised on the calling thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name=f"reward-{reward.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RewardTimeout(reward.name)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["values"]
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """repr of a prompt or completion, cut to `limit` characters for an error message."""
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def _timeout_message(reward: RewardFn, prompts, completions) -> str:
+    first = (f"; first sample: prompt={_short(prompts[0])}, completion={_short(completions[0])}"
+             if completions else "")
+    return (f"reward {reward.name!r} did not return within {reward.timeout:g}s on a batch of "
+            f"{len(completions)} completions{first}. Fix the function (it may hang or be very "
+            "slow on some input), or raise the limit with --reward-timeout SECONDS "
+            "(0 = no limit)")
+
+
 def _first_failure(reward: RewardFn, prompts, completions, columns, err: Exception) -> str:
+    """The message for a batch call that raised: the first row that raises on its own. With a
+    timeout, the whole search gets that many seconds, then reports the batch's error."""
+    deadline = time.monotonic() + reward.timeout if reward.timeout else None
     for i in range(len(completions)):
         row = {k: v[i:i + 1] for k, v in columns.items()}
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
         try:
-            reward.fn(prompts[i:i + 1], completions[i:i + 1], **row)
+            _run(reward, prompts[i:i + 1], completions[i:i + 1], row, left)
+        except RewardTimeout:
+            break
         except Exception as row_err:  # noqa: BLE001
             return (f"reward {reward.name!r} raised {type(row_err).__name__}: {row_err} on "
                     f"sample {i} (prompt={prompts[i]!r}, completion={completions[i]!r})")
@@ -147,14 +225,26 @@ class TextTask:
         prompts = [ex["prompt"] for ex in examples for _ in range(G)]
         flat = [c for row in completions for c in row]
         columns = {k: v for k, v in flat_columns(examples, G).items() if k != "prompt"}
-        return {r.name: torch.tensor(call_reward(r, prompts, flat, columns)).reshape(B, G)
+        # float64: a user's rewards may be large, and their weighted sum is checked for overflow.
+        return {r.name: torch.tensor(call_reward(r, prompts, flat, columns),
+                                     dtype=torch.float64).reshape(B, G)
                 for r in self.rewards}
 
     def score(self, examples: list[Example], completions: list[list[str]]
               ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Weighted training reward (B, G) and every reward's own table."""
+        """Weighted training reward (B, G) and every reward's own table, all float64."""
         table = self.reward_table(examples, completions)
         total = sum(r.weight * table[r.name] for r in self.rewards)
+        bad = (~torch.isfinite(total)).nonzero()
+        if len(bad):
+            b, g = bad[0].tolist()
+            terms = ", ".join(f"{r.name!r} (weight {r.weight:g}) returned "
+                              f"{table[r.name][b, g].item():g}" for r in self.rewards)
+            raise RewardError(f"the weighted reward of sample {b * len(completions[b]) + g} "
+                              f"(prompt={_short(examples[b]['prompt'])}, "
+                              f"completion={_short(completions[b][g])}) is "
+                              f"{total[b, g].item()}: {terms}. Use smaller weights (or "
+                              "values) so that their weighted sum stays finite")
         return total, table
 
     def score_rollout(self, examples: list[Example], rollout) -> tuple[Tensor, dict[str, Tensor]]:
@@ -205,31 +295,85 @@ def evaluate_text(task: TextTask, policy, generator: torch.Generator | None = No
     return {k: v / len(examples) for k, v in sums.items()}, samples
 
 
+def data_file(path: str | Path, what: str = "data file") -> Path:
+    """The path, checked to name an existing file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist; give the path of an existing file")
+    if not path.is_file():
+        raise DataError(f"{what} {path} is not a file (a directory?); give the path of a "
+                        ".jsonl or .parquet file")
+    return path
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a UTF-8 file. Decoded line by line, so that
+    a bad byte names its line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}; check that it is a file "
+                        "you may read") from err
+    lines = []
+    # bytes.splitlines splits at \n and \r only; str.splitlines would also split inside JSON
+    # strings at characters such as U+2028.
+    for line_no, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} at "
+                            f"column {err.start + 1}); save the file as UTF-8") from err
+        if line.strip():
+            lines.append((line_no, line))
+    return lines
+
+
+def read_jsonl(path: Path) -> list[tuple[str, Example]]:
+    """(where, row) of each JSON object line, where = 'file:line'."""
+    rows = []
+    for line_no, line in read_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_no}: a row must be a JSON object such as "
+                            f'{{"prompt": "..."}}, not a {type(row).__name__}')
+        rows.append((f"{path}:{line_no}", row))
+    return rows
+
+
+def read_parquet(path: Path) -> list[tuple[str, Example]]:
+    """(where, row) of each row of a parquet file, where = 'file: row i'."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise ImportError("reading parquet needs pyarrow: pip install 'lmrl[parquet]'") from err
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read it as parquet: {err}; check that the file is a "
+                        "complete parquet file (or use .jsonl)") from err
+    return [(f"{path}: row {i}", row) for i, row in enumerate(rows)]
+
+
 def load_examples(path: str | Path) -> list[Example]:
     """Rows of a .jsonl or .parquet file; each must have a string 'prompt' column."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+    path = data_file(path)
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as err:
-            raise ImportError("reading parquet needs pyarrow: pip install 'lmrl[parquet]'") from err
-        rows = pq.read_table(path).to_pylist()
+        rows = read_parquet(path)
     elif path.suffix in (".jsonl", ".json"):
-        rows = []
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON: {err}") from err
+        rows = read_jsonl(path)
     else:
-        raise ValueError(f"data file {path}: unknown format {path.suffix!r}; use .jsonl or "
-                         ".parquet")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path}: row {i} has no string 'prompt' column")
+        raise DataError(f"data file {path}: unknown format {path.suffix!r}; use .jsonl or "
+                        ".parquet")
+    for where, row in rows:
+        if "prompt" not in row:
+            raise DataError(f"{where}: no 'prompt' column; every row needs a string 'prompt'")
+        if not isinstance(row["prompt"], str):
+            raise DataError(f"{where}: 'prompt' must be a string, not "
+                            f"{type(row['prompt']).__name__} {row['prompt']!r}")
     if not rows:
-        raise ValueError(f"{path} has no rows")
-    return rows
+        raise DataError(f"{path} has no rows; it is empty or blank")
+    return [row for _, row in rows]

@@ -3,7 +3,8 @@
 Rows come from a .jsonl or .parquet file (`load_examples`): a string "prompt" column, and any
 other columns, which every reward function receives as keyword lists over the N = B*G flat rows
 (TRL's convention). Reward functions are given as 'module:function[=weight]' specs; the module
-must be importable (on sys.path). The training reward is their weighted sum.
+must be importable (on sys.path). The training reward is their weighted sum. Each call may take
+reward_timeout seconds (--reward-timeout; None/0 = no limit) before the run stops with an error.
 
 Held-out rows are the heldout_data file when given, else a random split of heldout_size rows
 (seeded by split_seed). Training rows never share a prompt with a held-out row: rows of `data`
@@ -41,6 +42,7 @@ class UserTask(TextTask):
     heldout_size: int = 200  # used only without heldout_data; then the whole file is held out
     split_seed: int = 0
     max_new_tokens: int = 128
+    reward_timeout: float | None = 60.0  # seconds per reward call; None = no limit
 
     name = "user"
 
@@ -48,7 +50,7 @@ class UserTask(TextTask):
         if not self.reward_fns:
             raise ValueError("a user task needs at least one reward function, given as "
                              "'module:function[=weight]'")
-        self.rewards = [load_reward_fn(spec) for spec in self.reward_fns]
+        self.rewards = [load_reward_fn(spec, self.reward_timeout) for spec in self.reward_fns]
         names = [r.name for r in self.rewards]
         check_reward_names(names)
         self.correctness = next((c for c in CORRECTNESS_NAMES if c in names), None)

@@ -1,0 +1,3 @@
+from lmrl.cli import main
+
+main()
