@@ -1,5 +1,8 @@
 """Shared fixtures."""
 
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -12,3 +15,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    """write(name, source) -> name: a module of reward functions importable by name for this
+    test (on sys.path, forgotten afterwards so the next test's source is read afresh)."""
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)

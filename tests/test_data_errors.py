@@ -2,8 +2,6 @@
 data files, reward weights, overflowing rewards, plot arguments and sweep grids."""
 
 import json
-import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib.figure
@@ -29,11 +27,8 @@ SOURCE = """
 
 
 @pytest.fixture
-def mod(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield MODULE
-    sys.modules.pop(MODULE, None)
+def mod(reward_module):
+    return reward_module(MODULE, SOURCE)
 
 
 USER_ROW = b'{"prompt": "q"}\n'

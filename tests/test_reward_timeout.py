@@ -52,11 +52,8 @@ SOURCE = """
 
 
 @pytest.fixture
-def mod(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield MODULE
-    sys.modules.pop(MODULE, None)
+def mod(reward_module):
+    return reward_module(MODULE, SOURCE)
 
 
 PROMPTS, COMPLETIONS = ["p0", "p1", "p2"], ["ok", "bad", "fine"]
