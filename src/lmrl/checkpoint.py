@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmrl.errors import RunDirError
-from lmrl.files import atomic_dir, remove
+from lmrl.files import atomic_dir, remove, remove_stale_temporaries
 
 DIR = "checkpoints"
 TENSORS, STATE = "tensors.safetensors", "state.json"
@@ -88,6 +88,7 @@ def save(run_dir: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
     tree = encode(state, tensors)
     final = run_dir / DIR / f"step-{step:08d}"
     final.parent.mkdir(exist_ok=True)
+    remove_stale_temporaries(final.parent)  # what a kill during an earlier save left
     with atomic_dir(final) as tmp:
         save_file(_unshared(tensors), tmp / TENSORS)
         # Written last: a checkpoint directory with a state.json is complete.

@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+from lmrl import files
 from lmrl.config import Config
 from lmrl.errors import ConfigError
 from lmrl.plotting import plot_runs
@@ -100,15 +101,16 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], out_dir: st
                  "progress": False})
             # Built (and so validated) up front: a bad combination fails before any training.
             runs.append((label, seed, setting, base.replace(**changes)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # A sweep directory is lmrl's ("sweep" marker); a rerun replaces its runs one by one.
+    files.check_output(out_dir, "sweep", overwrite=files.read_marker(out_dir) is not None)
+    files.claim_output(out_dir, "sweep", replace=False)
     for label, seed, setting, cfg in runs:
         summary = train_fn(cfg, verbose=False)
         results.append({"label": label, "seed": seed, **setting, **summary})
         print(f"{label} seed={seed}: held-out exact match "
               f"{summary['eval/exact_match']:.3f}, {summary['wall_seconds']:.1f}s")
-    with (out_dir / "results.jsonl").open("w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in results)
-    (out_dir / "table.md").write_text(markdown_table(results, names))
+    files.write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    files.write_text(out_dir / "table.md", markdown_table(results, names))
     plot_runs([r["run_dir"] for r in results], out_dir / "comparison.png",
               labels=[f"{r['label']} s{r['seed']}" for r in results])
     return results

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -330,7 +331,7 @@ class HFPolicy(nn.Module):
             model = AutoModelForCausalLM.from_pretrained(
                 path_or_name, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
                 **hub, **attn)
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
             raise ModelLoadError(f"cannot load model {path_or_name!r}: {err}. Give a directory "
                                  "written by save_pretrained (lmrl init-model makes one) or a "
                                  "hub name; a model with its own code needs --trust-remote-code"

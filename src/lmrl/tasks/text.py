@@ -66,8 +66,9 @@ def load_reward_fn(spec: str, timeout: float | None = None) -> RewardFn:
         sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot load reward function {spec!r}: {err}; the module must be "
+    except Exception as err:  # noqa: BLE001 - importing runs the user's module: any error
+        raise ConfigError(f"cannot load reward function {spec!r}: {type(err).__name__}: "
+                          f"{err}; the module must be "
                           "importable (in the working directory or on PYTHONPATH) and define "
                           "the function") from err
     if not callable(fn):
