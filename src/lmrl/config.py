@@ -447,7 +447,7 @@ def _check_ranges(cfg: Config) -> None:
         "log.keep_checkpoints": (lg.keep_checkpoints, 1), "log.eval_samples": (lg.eval_samples, 0),
         "task.reward_timeout": (t.reward_timeout, 0), "task.split_seed": (t.split_seed, 0),
         "task.digits": (t.digits, 1), "train.seed": (tr.seed, 0),
-        "policy.dim": (p.dim, 1), "policy.hidden": (p.hidden, 1),
+        "policy.dim": (p.dim, 1), "policy.hidden": (p.hidden, 0),  # 0: the linear model
     }
     for name, (value, low) in at_least.items():
         if value < low:
