@@ -21,17 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from lmrl.config import FORWARDS
-from lmrl.errors import ModelLoadError
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import LeanCache, LeanForward, StaticCache, unsupported_reason
-from lmrl.policies.loading import check_tokenizer, model_source
+from lmrl.policies.loading import check_tokenizer, load_errors, model_source
 
 # Loading and saving a small model is instant; transformers' own progress bars would only clutter
 # the run's console output (lmrl draws its own).
@@ -256,18 +254,14 @@ class HFPolicy(nn.Module):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         local_only = model_source(path_or_name)
         hub = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
-        try:
+        attn = {} if attn_implementation == "auto" else \
+            {"attn_implementation": attn_implementation}
+        with load_errors(path_or_name, "its tokenizer (tokenizer.json, tokenizer_config.json)"):
             tokenizer = AutoTokenizer.from_pretrained(path_or_name, **hub)
-            attn = {} if attn_implementation == "auto" else \
-                {"attn_implementation": attn_implementation}
+        with load_errors(path_or_name, "its config or weights (config.json, model.safetensors)"):
             model = AutoModelForCausalLM.from_pretrained(
                 path_or_name, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
                 **hub, **attn)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
-            raise ModelLoadError(f"cannot load model {path_or_name!r}: {err}. Give a directory "
-                                 "written by save_pretrained (lmrl init-model makes one) or a "
-                                 "hub name; a model with its own code needs --trust-remote-code"
-                                 ) from err
         check_tokenizer(tokenizer, path_or_name)
         on_gpu = str(device).startswith("cuda")
         autocast = torch.bfloat16 if dtype == "autocast" or (dtype == "auto" and on_gpu) else None

@@ -3,12 +3,15 @@ save_pretrained directory, or a hub name (looked up in the local cache only when
 be reached), so that a bad one fails at once, with the missing part named, before any run
 directory exists."""
 
+import contextlib
 import functools
 import os
 import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
+
+from safetensors import SafetensorError
 
 from lmrl.errors import ModelLoadError
 
@@ -74,3 +77,18 @@ def check_tokenizer(tokenizer, name: str) -> None:
     if not ids:
         raise ModelLoadError(f"--model {name}: its tokenizer encodes text to no tokens; the "
                              "tokenizer files are incomplete")
+
+
+@contextlib.contextmanager
+def load_errors(name: str, part: str):
+    """transformers' and safetensors' loading errors as one ModelLoadError naming the part of
+    the model that failed (a truncated model.safetensors, a tokenizer.json that is not JSON)."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        damaged = " (damaged or truncated?)" if isinstance(err, (SafetensorError, ValueError)) \
+            else ""
+        raise ModelLoadError(f"cannot load model {name!r}: {part} failed to load{damaged}: "
+                             f"{type(err).__name__}: {err}. Give a directory written by "
+                             "save_pretrained (lmrl init-model makes one) or a hub name; a model "
+                             "with its own code needs --trust-remote-code") from err
