@@ -74,8 +74,10 @@ def measure(name: str, seed: int, threads: int, root: Path) -> dict:
     t = TARGETS[name]
     base = root / f"{name}_seed{seed}"
     init, sft, run = base / "init", base / "sft", base / "grpo"
-    lmrl(["init-model", "--out", str(init), "--seed", str(seed), *t.task, *t.init], threads)
-    sft_s = lmrl(["sft", "--model", str(init), "--out", str(sft), "--seed", str(seed),
+    lmrl(["init-model", "--out", str(init), "--overwrite", "--seed", str(seed), *t.task,
+          *t.init], threads)
+    sft_s = lmrl(["sft", "--model", str(init), "--out", str(sft), "--overwrite",
+                  "--seed", str(seed),
                   "--no-progress", *t.task, *t.sft], threads)
     sft_em = json.loads((sft / "summary.json").read_text())["eval/exact_match"]
     grpo_s = lmrl(["train", "--model", str(sft), "--run-dir", str(run), "--overwrite",

@@ -108,7 +108,7 @@ def child_prepare(spec: dict) -> dict:
         from lmrl.sft import run_sft
 
         summary = run_sft(root / "init", task, root / "sft", device="cpu", dtype="float32",
-                          steps=spec["sft_steps"], lr=spec["sft_lr"], stop_at=0.3,
+                          overwrite=True, steps=spec["sft_steps"], lr=spec["sft_lr"], stop_at=0.3,
                           eval_every=10, progress=False)
         start, sft = root / "sft", {k: summary[k] for k in ("sft/steps", "eval/exact_match")}
     prompt = AutoTokenizer.from_pretrained(start)(task.heldout[0]["prompt"])["input_ids"]
