@@ -157,8 +157,10 @@ def test_an_error_mid_run_leaves_the_last_good_state_and_resuming_repeats_the_st
         train(broken, task=failing(build_task(broken), {7}, "raise"), verbose=False)
     saved = checkpoint.checkpoints(tmp_path / "broken")
     assert [p.name for p in saved] == ["step-00000006"]  # the last good state, steps 1-6 done
-    train(parse(["--run-dir", str(tmp_path / "broken"), "--resume"]), verbose=False)
+    first_session = checkpoint.load(saved[0])[0]["wall_seconds"]
+    summary = train(parse(["--run-dir", str(tmp_path / "broken"), "--resume"]), verbose=False)
     assert comparable(tmp_path / "broken") == comparable(tmp_path / "straight")
+    assert summary["wall_seconds"] > first_session > 0  # counted across both sessions
 
 
 def test_overflowing_rewards_skip_the_update_and_are_counted(tmp_path):
