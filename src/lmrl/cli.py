@@ -102,9 +102,14 @@ def cli_parse(cls, args: list[str], prog: str, description: str, **kwargs):
 
 
 def _unboxed(text: str) -> str:
-    """tyro's framed error box as plain lines."""
+    """tyro's framed error box as plain lines, its title ("Value error") dropped and a config
+    error shown as the config's own message."""
     lines = [line.strip().strip("╭╮╰╯│─ ") for line in text.splitlines()]
-    return "\n  ".join(line for line in lines if line and set(line) != {"─"})
+    lines = [line.split("Error parsing Config: ", 1)[-1] for line in lines
+             if line and set(line) != {"─"}]
+    if len(lines) > 1 and ":" not in lines[0]:
+        lines = lines[1:]
+    return "\n  ".join(lines)
 
 
 def cmd_train(args: list[str]) -> None:
