@@ -9,10 +9,9 @@ import torch  # noqa: E402
 from test_hf_policy import EOS, PAD, tiny_model, tiny_tokenizer  # noqa: E402
 
 from lmrl.config import Config  # noqa: E402
-from lmrl.losses import loss_denominator  # noqa: E402
 from lmrl.policies.hf import HFPolicy  # noqa: E402
 from lmrl.state import build_state  # noqa: E402
-from lmrl.step import Batch, grpo_step, policy_update  # noqa: E402
+from lmrl.step import Batch, grpo_step, update  # noqa: E402
 
 PROMPTS = ["1 2", "3 4 5 6 7", "8", "9 0 1"]
 
@@ -47,24 +46,28 @@ def fixed_batch(policy: HFPolicy, state, extra_pad: int = 0) -> Batch:
     return Batch(inputs, responses, mask, delta, logp_ref)
 
 
+class EveryGroup(Batch):
+    """A batch whose update runs every group, flat ones too: what the skip must equal."""
+
+    def groups_with_gradient(self) -> Batch:
+        return self
+
+
 def gradients(cfg: Config, k: int, extra_pad: int = 0, flat: tuple[int, ...] = (),
               skip: bool = False) -> tuple[list[torch.Tensor], float]:
-    """flat: groups given Δ = 0; skip: the update leaves them out
-    (`Batch.groups_with_gradient`)."""
+    """The gradients and loss of one update in k micro-batches. flat: groups given Δ = 0; skip:
+    the update leaves them out (`Batch.groups_with_gradient`), else it runs them."""
     policy = make_policy()
     state = build_state(cfg, policy)
     batch = fixed_batch(policy, state, extra_pad)
-    state.optimizer.step = lambda: None  # keep the gradients, skip the update
-    # As grpo_step does: the constant normaliser is the token budget, not the padded T, and it
-    # counts the whole batch.
-    denominator = loss_denominator(batch.response_mask, cfg.algo.aggregation,
-                                   constant=policy.max_new_tokens)
     batch.delta[list(flat)] = 0.0
     if skip:
-        batch = batch.groups_with_gradient()
-        assert len(batch.delta) == 4 - len(flat) and len(batch.prompts) == len(batch.delta)
-    _, diag = policy_update(state, cfg, batch.split(k), None, denominator)
-    return [p.grad.clone() for p in policy.parameters()], diag["loss/total"]
+        kept = batch.groups_with_gradient()
+        assert len(kept.delta) == 4 - len(flat) and len(kept.prompts) == len(kept.delta)
+    metrics = update(state, cfg.replace(train={"grad_accum": k}),
+                     batch if skip else EveryGroup(**vars(batch)))
+    # μ = 1: the gradients stay after the optimizer step.
+    return [p.grad.clone() for p in policy.parameters()], metrics["loss/total"]
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])

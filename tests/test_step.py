@@ -1,4 +1,5 @@
-"""Tiers 3 and 5: the GRPO step on the toy model — passes made, snapshots, accumulation."""
+"""Tiers 3 and 5: the GRPO step on the toy model — passes made, snapshots, accumulation, and
+the step as its two seams, collect and update."""
 
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from lmrl import checkpoint
 from lmrl.config import Config
 from lmrl.state import build_state
-from lmrl.step import Batch, grpo_step, policy_update
+from lmrl.step import Batch, collect, grpo_step, reward_metrics, update
 from lmrl.trainer import build_task
 
 SMALL = {"task": {"n": 4, "V": 6, "heldout_size": 100},
@@ -91,29 +92,24 @@ def test_parameters_change_after_one_step():
     assert changed and state.step == 1
 
 
+class EveryGroup(Batch):
+    """A batch whose update runs every group, flat ones too: what the skip must equal."""
+
+    def groups_with_gradient(self) -> Batch:
+        return self
+
+
 def _gradients(cfg: Config, k: int, flat: tuple[int, ...] = (),
                skip: bool = False) -> list[torch.Tensor]:
-    """Gradients of one update; the groups in `flat` get Δ = 0; skip: through
-    Batch.groups_with_gradient."""
+    """Gradients of one update of a collected batch in k micro-batches; the groups in `flat` get
+    Δ = 0; skip: the update leaves them out (Batch.groups_with_gradient), else it runs them."""
     state, task = build_state(cfg), build_task(cfg)
-    g = torch.Generator().manual_seed(3)
-    prompts = task.sample_prompts(cfg.train.B, g)
-    rollout = state.policy.sample(prompts, cfg.train.G, generator=g)
-    rewards = task.rewards(prompts, rollout.responses)
-    delta = rewards - rewards.mean(dim=-1, keepdim=True)
-    delta[list(flat)] = 0.0
-    mask = rollout.response_mask.clone()
-    mask[::2, :, -1] = 0  # ragged responses, so the normaliser matters
-    logp_ref = state.reference.logprobs(prompts, rollout.responses, mask) if state.reference \
-        else None
-    batch = Batch(prompts, rollout.responses, mask, delta, logp_ref)
-    from lmrl.losses import loss_denominator
-
-    state.optimizer.step = lambda: None  # keep the gradients, skip the update
-    update = batch.groups_with_gradient() if skip else batch
-    policy_update(state, cfg, update.split(k), None,
-                  loss_denominator(mask, cfg.algo.aggregation))
-    return [p.grad.clone() for p in state.policy.parameters()]
+    batch = collect(state, task, cfg)  # one micro-batch for the reference: the same for every k
+    batch.response_mask[::2, :, -1] = 0  # ragged responses, so the normaliser matters
+    batch.delta[list(flat)] = 0.0
+    update(state, cfg.replace(train={"grad_accum": k}),
+           batch if skip else EveryGroup(**vars(batch)))
+    return [p.grad.clone() for p in state.policy.parameters()]  # μ = 1: kept after the step
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "constant"])
@@ -156,6 +152,30 @@ def test_groups_with_gradient_selects_prompts_and_keeps_whole_batches():
     assert with_kl.groups_with_gradient() is with_kl  # the KL term has a gradient everywhere
     none = Batch(batch.prompts, batch.responses, batch.response_mask, torch.zeros(B, G), None)
     assert none.groups_with_gradient() is none  # the optimizer still steps (on zeros)
+
+
+@pytest.mark.parametrize("algo", [{"mu": 2, "kl_weight": 0.1, "ref_refresh": 2},
+                                  {"mu": 1, "kl_weight": 0.0, "delta": "centered"}])
+def test_grpo_step_is_update_of_collect(algo):
+    """The step is exactly its seams: the same metrics (but times) and the same weights."""
+    cfg = small_cfg(algo=algo, train={"grad_accum": 2})
+    task = build_task(cfg)
+    by_step, by_seams = build_state(cfg), build_state(cfg)
+    for _ in range(2):
+        metrics = grpo_step(by_step, task, cfg)
+        batch = collect(by_seams, task, cfg)
+        seams = {**reward_metrics(batch, task), **update(by_seams, cfg, batch)}
+        if by_seams.reference is not None:
+            by_seams.reference.maybe_refresh(by_seams.policy, by_seams.step)
+        assert {k: v for k, v in metrics.items()
+                if not k.startswith("time/") and k != "train/ref_refreshed"} == seams
+    models = [(by_step.policy, by_seams.policy)]
+    if by_step.reference is not None:
+        models.append((by_step.reference.model, by_seams.reference.model))
+    for a, b in models:
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k
+    assert by_step.step == by_seams.step == 2
 
 
 def test_train_state_round_trip_resumes_bit_for_bit(tmp_path):

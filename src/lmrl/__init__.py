@@ -10,7 +10,16 @@ from lmrl.config import (
     TaskConfig,
     TrainConfig,
 )
-from lmrl.trainer import train
 
 __all__ = ["__version__", "AlgoConfig", "Config", "ConfigError", "LogConfig", "PolicyConfig",
            "TaskConfig", "TrainConfig", "train"]
+
+
+def __getattr__(name: str):
+    # `train` is imported on first use: Python runs this file before any lmrl.X, and the trainer
+    # brings plotting (matplotlib) and every stage with it, which `import lmrl.losses` must not.
+    if name == "train":
+        from lmrl.trainer import train
+
+        return train
+    raise AttributeError(f"module 'lmrl' has no attribute {name!r}")

@@ -14,17 +14,16 @@ import torch
 from lmrl.deltas import DELTAS, GROUP_BASELINE
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from lmrl.policies.lean import FORWARDS  # policy.forward's choices
 from lmrl.policies.toy import INITS
-from lmrl.tasks.sort import PROMPT_SETS, REWARDS, num_prompts
+from lmrl.tasks import TASKS as TASK_SPECS
 
-TASKS = ("sort", "sort_text", "addition", "multiplication", "countdown", "gsm8k", "user")
-TEXT_TASKS = TASKS[1:]
+TASKS = tuple(TASK_SPECS)  # the task registry (lmrl/tasks/__init__.py) names them
+TEXT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.text)
 DTYPES = ("auto", "float32", "autocast", "bfloat16")
-FORWARDS = ("auto", "lmrl", "transformers")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
-SORT_HELDOUT = 2000  # the toy sort task's held-out prompts when heldout_size is not given
 SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("jsonl", "tensorboard")
 
@@ -37,12 +36,13 @@ def _choice(group: str, name: str, value: str, valid) -> None:
 @dataclass(frozen=True)
 class TaskConfig:
     task: str = "sort"
-    """Task to train on. sort: the seed's toy task (model=toy); text tasks (a causal LM):
-    sort_text, addition, multiplication, countdown, gsm8k, user (your own data file)."""
+    """Task to train on (the registry: lmrl/tasks/__init__.py). sort: the seed's toy task
+    (model=toy); text tasks (a causal LM): sort_text, addition, multiplication, countdown, gsm8k,
+    user (your own data file), reverse."""
     n: int = 6
-    """Numbers per prompt (sort, sort_text); numbers given (countdown)."""
+    """Numbers per prompt (sort, sort_text, reverse); numbers given (countdown)."""
     V: int = 10
-    """sort, sort_text: numbers are 0..V-1. countdown: numbers are 1..V."""
+    """sort, sort_text, reverse: numbers are 0..V-1. countdown: numbers are 1..V."""
     digits: int = 3
     """Digits per operand (addition, multiplication)."""
     data: str | None = None
@@ -100,17 +100,17 @@ class PolicyConfig:
     """Pass trust_remote_code to from_pretrained (models with their own code)."""
     attn_implementation: str = "auto"
     """Attention kernel passed to transformers (sdpa, eager, ...; auto: the model's default).
-    eager makes a tiny model's log-prob pass ~13% faster on a CPU (bench/README.md); sdpa
-    saves memory on long sequences. Only used by forward=transformers."""
+    Try eager for tiny models on a CPU, sdpa to save memory on long sequences (measured in
+    bench/README.md). Only used by forward=transformers."""
     forward: str = "auto"
     """Which code runs the model. lmrl: lmrl's own pass over the model's parameters, with
     fused q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window);
     transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
     compile: bool = False
     """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
-    log-prob pass (forward and backward), with fused elementwise ops. On a 2-core CPU: 18-24%
-    off a tiny model's step, after 7-40 s of compiling in the first step (bench/README.md).
-    Needs forward lmrl (or auto resolving to it)."""
+    log-prob pass (forward and backward), with fused elementwise ops. The first step compiles
+    (seconds to a minute), so it pays on runs of hundreds of steps, not on a quick check
+    (measured in bench/README.md). Needs forward lmrl (or auto resolving to it)."""
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
@@ -285,16 +285,13 @@ def _reject_ignored(cfg: Config) -> None:
     """A setting that the rest of the config makes irrelevant must stay at its default, so that no
     flag is silently ignored (one setting decides one thing)."""
     t, p, a, tr = cfg.task, cfg.policy, cfg.algo, cfg.train
+    spec = TASK_SPECS[t.task]
     rules = [
         (a.loss != "clipped", "algo", ("clip_eps", "clip_eps_low", "clip_eps_high"),
          "only loss=clipped clips"),
         (a.loss == "naive", "algo", ("ratio_level",), "loss=naive has no importance ratio"),
         (a.delta != "normalized", "algo", ("norm_eps",), "only delta=normalized divides by std"),
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
-        (t.prompts != "all", "task", ("train_frac", "constants_in_train"),
-         "only prompts=all splits a prompt set"),
-        (t.prompts != "random", "task", ("heldout_size",),
-         "only prompts=random draws a held-out set"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
          "they shape the toy model, and model is a causal LM"),
@@ -302,23 +299,13 @@ def _reject_ignored(cfg: Config) -> None:
                                 "dtype", "device", "trust_remote_code", "attn_implementation",
                                 "forward", "compile"),
          "they configure a causal LM, and model=toy"),
-        (t.task != "sort", "task", ("prompts", "train_frac", "constants_in_train"),
-         "only task=sort has prompt sets"),
-        (t.task not in ("sort", "sort_text", "countdown"), "task", ("n", "V"),
-         "only the sort tasks and countdown draw n numbers below V"),
-        (t.task not in ("sort", "sort_text"), "task", ("repeats", "reward"),
-         "only the sort tasks choose repeats and one of the seed's rewards"),
-        (t.task not in ("addition", "multiplication"), "task", ("digits",),
-         "only arithmetic has digits"),
-        (t.task not in ("gsm8k", "user"), "task", ("data", "heldout_data"),
-         "only gsm8k and user read data files"),
-        (t.task == "sort", "task", ("reward_fns",), "the toy task scores token tensors, not text"),
         (not t.reward_fns, "task", ("reward_timeout",),
          "only user reward functions (reward_fns) run under a timeout"),
-        (t.task == "user" and t.heldout_data is not None, "task", ("heldout_size", "split_seed"),
-         "with heldout_data the user task evaluates that whole file"),
-        (t.task == "sort", "log", ("eval_limit", "log_samples"),
+        (not spec.text, "log", ("eval_limit", "log_samples"),
          "the toy task evaluates every held-out prompt and has no text to log"),
+        # A field the task does not read (each task's TaskSpec.fields lists what it reads).
+        (True, "task", tuple(name for name in _TASK_FIELDS if name not in spec.fields),
+         f"task={t.task} does not read it; it reads {', '.join(spec.fields)}"),
     ]
     defaults = {"task": TaskConfig(), "policy": PolicyConfig(), "algo": AlgoConfig(),
                 "train": TrainConfig(), "log": LogConfig()}
@@ -330,18 +317,19 @@ def _reject_ignored(cfg: Config) -> None:
                                   f"drop it or change the setting that disables it")
 
 
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.name != "task")
+
+
 def _check_model_task(cfg: Config) -> None:
     t = cfg.task
-    if cfg.is_toy and t.task != "sort":
+    spec = TASK_SPECS[t.task]
+    if cfg.is_toy and spec.text:
         raise ConfigError(f"task={t.task!r} is a text task and needs a causal LM: pass --model DIR "
                           "(lmrl init-model builds a tiny one) or a hub name")
-    if not cfg.is_toy and t.task == "sort":
-        raise ConfigError(f"task=sort is the toy model's tensor task; with --model "
-                          f"{cfg.policy.model} use --task sort_text")
-    if t.task in ("gsm8k", "user") and t.data is None:
-        raise ConfigError(f"task={t.task} needs --data FILE")
-    if t.task == "user" and not t.reward_fns:
-        raise ConfigError("task=user needs at least one --reward-fns module:function")
+    if not cfg.is_toy and not spec.text:
+        raise ConfigError(f"task={t.task} is the toy model's tensor task; with --model "
+                          f"{cfg.policy.model} use --task sort_text (or another text task: "
+                          f"{', '.join(TEXT_TASKS)})")
     for spec in t.reward_fns:
         if ":" not in spec:
             raise ConfigError(f"task.reward_fns entry {spec!r} must look like module:function")
@@ -353,8 +341,6 @@ def _check_model_task(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     t, p, a, tr, lg = cfg.task, cfg.policy, cfg.algo, cfg.train, cfg.log
     _choice("task", "task", t.task, TASKS)
-    _choice("task", "reward", t.reward, REWARDS)
-    _choice("task", "prompts", t.prompts, PROMPT_SETS)
     _choice("policy", "init", p.init, INITS)
     _choice("policy", "dtype", p.dtype, DTYPES)
     _choice("policy", "forward", p.forward, FORWARDS)
@@ -370,21 +356,7 @@ def validate(cfg: Config) -> None:
         _choice("algo", "kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     _choice("train", "schedule", tr.schedule, SCHEDULES)
     _choice("log", "logger", lg.logger, LOGGERS)
-    if t.n < 2 or t.V < 2:
-        raise ConfigError(f"task.n={t.n}, task.V={t.V}: sorting needs n >= 2 and V >= 2")
-    if not t.repeats and t.n > t.V:
-        raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
-                          "numbers; lower n, raise V or set repeats")
-    total = num_prompts(t.n, t.V, t.repeats)
-    held = t.heldout_size if t.heldout_size is not None else SORT_HELDOUT
-    if t.task in ("sort", "sort_text") and t.prompts == "random" and \
-            (t.task == "sort" or t.heldout_size is not None) and not 0 < held <= total // 2:
-        raise ConfigError(f"task.heldout_size={held} must be in 1..{total // 2} (half of "
-                          f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
-    if t.prompts == "lecture" and (t.n, t.V) != (3, 5):
-        raise ConfigError("task.prompts=lecture is the lecture's n=3, V=5 set; set n=3 and V=5")
-    if not 0.0 < t.train_frac < 1.0:
-        raise ConfigError(f"task.train_frac={t.train_frac} must be in (0, 1)")
+    TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     if tr.G < 2 and a.delta in GROUP_BASELINE:
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
                           "samples per prompt; raise G or use delta=raw")
@@ -499,7 +471,7 @@ def describe(cfg: Config) -> str:
     old = ("logp_old = detached current log-probs (μ=1: ratio is 1, no extra pass)" if a.mu == 1
            else f"logp_old stored from the first of μ={a.mu} passes (no model copy)")
     return "\n".join([
-        _describe_task(cfg.task),
+        TASK_SPECS[cfg.task.task].describe(cfg.task),
         _describe_policy(cfg),
         f"delta: {a.delta}; loss: {a.loss} (ε={a.eps_low}/{a.eps_high}, ratio per {a.ratio_level}"
         f"); aggregation: {a.aggregation}",
@@ -509,20 +481,6 @@ def describe(cfg: Config) -> str:
         f"lr={cfg.lr} ({cfg.train.schedule}, {cfg.train.warmup_steps} warm-up steps), "
         f"grad clip {cfg.train.grad_clip or 'off'}, {cfg.train.grad_accum} micro-batch(es)",
     ])
-
-
-def _describe_task(t: TaskConfig) -> str:
-    extra = f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
-    if t.task == "sort":
-        return f"task: sort n={t.n} V={t.V} prompts={t.prompts} reward={t.reward}"
-    if t.task == "sort_text":
-        return f"task: sort_text n={t.n} V={t.V} reward={t.reward}{extra}"
-    if t.task in ("addition", "multiplication"):
-        return f"task: {t.task} of {t.digits}-digit numbers{extra}"
-    if t.task == "countdown":
-        return f"task: countdown with {t.n} numbers in 1..{t.V}{extra}"
-    held = t.heldout_data or t.heldout_size or "task default"
-    return f"task: {t.task} data={t.data} held out={held}{extra}"
 
 
 def _describe_policy(cfg: Config) -> str:

@@ -24,8 +24,8 @@ from lmrl import files
 from lmrl.errors import NonFiniteError
 from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
+from lmrl.optim import adamw, schedule_factor
 from lmrl.policies.hf import HFPolicy
-from lmrl.state import adamw, schedule_factor
 from lmrl.tasks.text import Example, TextTask, evaluate_text
 
 

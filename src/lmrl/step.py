@@ -1,22 +1,24 @@
 """One GRPO step, in the order of the data flow:
 
-    prompts -> rollouts -> rewards -> deltas -> ref log-probs -> μ × (loss -> update)
-            -> snapshot refresh
+    collect: prompts -> rollouts -> rewards -> deltas -> ref log-probs   (a Batch)
+    update:  μ × (log-probs -> loss -> backward -> optimizer step)
+    then the snapshot refresh
 
 The step is written against the policy protocol (sample / logprobs with a response mask), so the
-toy model and a causal LM run through the same code. Shapes: B prompts, G samples each, T
-response tokens; per-token tensors (B, G, T), per-response tensors (B, G).
+toy model and a causal LM run through the same code. `collect` and `update` are the seam between
+sampling a batch and learning from it: tests build or alter a Batch and run the real update.
+Shapes: B prompts, G samples each, T response tokens; per-token tensors (B, G, T), per-response
+tensors (B, G); B' prompts in a micro-batch.
 """
 
 import math
-import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from lmrl.config import Config
+from lmrl.config import AlgoConfig, Config
 from lmrl.deltas import compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
@@ -28,28 +30,36 @@ from lmrl.losses import (
     ratio_diagnostics,
 )
 from lmrl.state import TrainState
+from lmrl.stopwatch import Stopwatch
 
 if TYPE_CHECKING:
     from lmrl.policies.hf import PromptBatch
 
+# The fields the μ updates read, each with the prompt axis first; split and groups_with_gradient
+# cut these and leave the scores (metrics only) with the whole batch.
+UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref")
+
 
 @dataclass
 class Batch:
-    """Everything the μ updates need, fixed for the step."""
+    """One step's sample: everything the μ updates need, fixed for the step, and the scores the
+    step's train/* metrics describe."""
 
     prompts: "Tensor | PromptBatch | list[str]"  # (B, n) for the toy model; B prompts for an LM
     responses: Tensor  # (B, G, T)
     response_mask: Tensor  # (B, G, T)
     delta: Tensor  # (B, G)
     logp_ref: Tensor | None  # (B, G, T), only with a KL term
+    rewards: Tensor | None = None  # (B, G) float32, what Δ was computed from
+    table: dict[str, Tensor] = field(default_factory=dict)  # every reward function's (B, G)
+    truncated: Tensor | None = None  # (B, G), a causal LM's responses that hit the token budget
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
         are fewer prompts, or when Tensor.chunk's equal sizes need fewer parts)."""
-        parts = {f.name: getattr(self, f.name) for f in fields(self)}
-        chunks = {n: _chunk(v, k) for n, v in parts.items()}
+        chunks = {n: _chunk(getattr(self, n), k) for n in UPDATE_FIELDS}
         count = len(chunks["delta"])
-        return [Batch(**{n: chunks[n][i] for n in parts}) for i in range(count)]
+        return [Batch(**{n: chunks[n][i] for n in UPDATE_FIELDS}) for i in range(count)]
 
     def groups_with_gradient(self) -> "Batch":
         """The groups with some Δ != 0, when there is no KL term (logp_ref is None).
@@ -64,7 +74,7 @@ class Batch:
         if self.logp_ref is not None or bool(keep.all()) or not bool(keep.any()):
             return self
         rows = keep.nonzero().squeeze(-1)
-        return Batch(**{f.name: _select(getattr(self, f.name), rows) for f in fields(self)})
+        return Batch(**{n: _select(getattr(self, n), rows) for n in UPDATE_FIELDS})
 
 
 def _chunk(value, k: int) -> list:
@@ -86,11 +96,6 @@ def _select(value, rows: Tensor):
     return value[rows.to(value.device)] if isinstance(value, Tensor) else value.select(rows)
 
 
-# Per-pass numbers that the step reports as sums over its μ passes.
-SUMMED_OVER_PASSES = ("time/logprob_seconds", "time/backward_seconds", "time/optimizer_seconds",
-                      "train/skipped_nonfinite_loss", "train/skipped_nonfinite_grad")
-
-
 def policy_inputs(policy, prompts):
     """What the policy conditions on: the toy model takes the prompt tensor as is; a causal LM
     takes text, tokenized once here so that sampling and every log-prob pass share it."""
@@ -101,123 +106,129 @@ def policy_inputs(policy, prompts):
 
 def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     """Sample, score and update once; returns the step's flat metrics."""
-    a, tr = cfg.algo, cfg.train
-    policy, t0 = state.policy, time.perf_counter()
+    clock = Stopwatch()
+    with clock("step"):
+        batch = collect(state, task, cfg, clock)  # times sample, reward, ref
+        with clock("update"):
+            metrics = update(state, cfg, batch, clock)  # times logprob, backward, optimizer
+            # After the update and state.step += 1: the refresh rule counts completed steps.
+            refreshed = (state.reference.maybe_refresh(state.policy, state.step)
+                         if state.reference else False)
+    return {**reward_metrics(batch, task), **metrics, "train/ref_refreshed": float(refreshed),
+            **clock.metrics()}
 
-    prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
-    inputs = policy_inputs(policy, prompts)
-    with torch.no_grad():
-        rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
-    t_sampled = time.perf_counter()
-    rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
-    if not bool(torch.isfinite(rewards).all()):  # text tasks name the function; this is a net
-        raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
-    # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32, and a
-    # Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
-    rewards = rewards.to(torch.float32)
-    delta = compute_deltas(a.delta, rewards, eps=a.norm_eps)  # (B, G)
-    t_scored = time.perf_counter()
-    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None)
-    if state.reference is not None:  # per micro-batch: the logits are the memory peak
-        batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
-                                                             mb.response_mask)
-                                    for mb in batch.split(tr.grad_accum)])
-    t_ref = time.perf_counter()
 
+def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None) -> Batch:
+    """Sample B prompts and G responses to each, score them, and fix Δ and the reference's
+    log-probs: the batch that the step's μ updates learn from."""
+    tr, policy, clock = cfg.train, state.policy, clock or Stopwatch()
+    with clock("sample"):
+        prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
+        inputs = policy_inputs(policy, prompts)
+        with torch.no_grad():
+            rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
+    with clock("reward"):
+        rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
+        if not bool(torch.isfinite(rewards).all()):  # text tasks name the function; a net
+            raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
+        # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
+        # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
+        rewards = rewards.to(torch.float32)
+        delta = compute_deltas(cfg.algo.delta, rewards, eps=cfg.algo.norm_eps)  # (B, G)
+    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
+                  getattr(rollout, "truncated", None))
+    with clock("ref"):
+        if state.reference is not None:  # per micro-batch: the logits are the memory peak
+            batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
+                                                                 mb.response_mask)
+                                        for mb in batch.split(tr.grad_accum)])
+    return batch
+
+
+def update(state: TrainState, cfg: Config, batch: Batch,
+           clock: Stopwatch | None = None) -> dict[str, float]:
+    """The μ optimizer steps on one collected batch, then the learning-rate schedule and the
+    step count move on. Returns the last pass's loss/* and policy/* diagnostics (the one
+    furthest from π_old; on the first, r = 1 exactly) and the train/* counters."""
+    a, clock = cfg.algo, clock or Stopwatch()
     # The loss is divided by the whole batch's count, whatever the micro-batch split. The
     # constant normaliser is the token budget, fixed across steps (the padded T is not: a
     # causal LM stops sampling when its longest response ends).
-    budget = getattr(policy, "max_new_tokens", None)
+    budget = getattr(state.policy, "max_new_tokens", None)
     denominator = loss_denominator(batch.response_mask, a.aggregation, constant=budget)
-    update = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
+    kept = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
     logp_old: list[Tensor] | None = None
-    times: dict[str, float] = {}
+    skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
     for _ in range(a.mu):
-        logp_old, diag = policy_update(state, cfg, update.split(tr.grad_accum), logp_old,
-                                       denominator)
-        for key in SUMMED_OVER_PASSES:
-            times[key] = times.get(key, 0.0) + diag.pop(key)  # summed over the μ passes
-    skipped = times["train/skipped_nonfinite_loss"] + times["train/skipped_nonfinite_grad"]
-    state.skipped_updates += int(skipped)
-    state.skipped_in_a_row = state.skipped_in_a_row + int(skipped) if skipped else 0
+        logp_old, diag, stage = update_pass(state, cfg, kept.split(cfg.train.grad_accum),
+                                            logp_old, denominator, clock)
+        if stage is not None:
+            skipped[stage] += 1
+    count = int(skipped["loss"] + skipped["gradient"])
+    state.skipped_updates += count
+    state.skipped_in_a_row = state.skipped_in_a_row + count if count else 0
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     state.scheduler.step()
     state.step += 1
-    refreshed = state.reference.maybe_refresh(policy, state.step) if state.reference else False
-
-    t_end = time.perf_counter()
     return {
-        **reward_metrics(rewards, table, delta, task, rollout),
         **diag,
-        **times,
+        "train/skipped_nonfinite_loss": skipped["loss"],  # passes of this step
+        "train/skipped_nonfinite_grad": skipped["gradient"],
         "train/lr": lr,
         "train/skipped_updates": state.skipped_updates,  # in the whole run
-        "train/updated_group_frac": len(update.delta) / len(batch.delta),
-        "train/ref_refreshed": float(refreshed),
-        "time/sample_seconds": t_sampled - t0,
-        "time/reward_seconds": t_scored - t_sampled,
-        "time/ref_seconds": t_ref - t_scored,
-        "time/update_seconds": t_end - t_ref,
-        "time/step_seconds": t_end - t0,
+        "train/updated_group_frac": len(kept.delta) / len(batch.delta),
     }
 
 
-def policy_update(state: TrainState, cfg: Config, micro: list[Batch],
-                  logp_old: list[Tensor] | None, denominator: float
-                  ) -> tuple[list[Tensor], dict[str, float]]:
-    """One optimizer step over all micro-batches (gradient accumulation).
+def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: list[Tensor] | None,
+                denominator: float, clock: Stopwatch
+                ) -> tuple[list[Tensor], dict[str, float], str | None]:
+    """One optimizer step over all micro-batches (gradient accumulation). Returns each
+    micro-batch's log π_old, this pass's diagnostics, and where it went non-finite (None: the
+    optimizer stepped).
 
-    The returned loss/* diagnostics are those of this pass; the step reports the last of the μ
-    passes, the one furthest from π_old (on the first, r = 1 exactly).
-
-    On the first call logp_old is None: the parameters are still θ_old, so each micro-batch's
-    detached log-probs *are* log π_old and are stored for the later μ-1 calls.
+    On the first pass logp_old is None: the parameters are still θ_old, so each micro-batch's
+    detached log-probs *are* log π_old and are kept for the later μ-1 passes.
     """
-    a = cfg.algo
     state.optimizer.zero_grad(set_to_none=True)
     stored, parts = [], []
-    clock = {"forward": 0.0, "backward": 0.0}
     for i, mb in enumerate(micro):
-        t0 = time.perf_counter()
-        mask = mb.response_mask
-        logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mask, with_entropy=True)
-        old = logp.detach() if logp_old is None else logp_old[i]
+        with clock("logprob"):  # the forward pass and the loss
+            logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mb.response_mask,
+                                                  with_entropy=True)
+            old = logp.detach() if logp_old is None else logp_old[i]
+            pg, kl, loss = micro_loss(cfg.algo, logp, old, mb, denominator)
+        with clock("backward"):
+            loss.backward()
         stored.append(old)
-        pg = LOSSES[a.loss](logp, old, mb.delta, mask, ratio_level=a.ratio_level,
-                            clip_eps_low=a.eps_low, clip_eps_high=a.eps_high)
-        loss_tok = pg
-        kl = None
-        if mb.logp_ref is not None:
-            kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)
-            loss_tok = pg + a.kl_weight * kl
-        loss = aggregate(loss_tok, mask, a.aggregation, denominator)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        clock["forward"] += t1 - t0
-        clock["backward"] += t2 - t1
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
-        parts.append((mask.sum().item(), diag))
-    t3 = time.perf_counter()
-    grad_norm = grad_clip(state, cfg.train.grad_clip)
-    diag = combine(parts)
-    diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
-    diag["policy/grad_norm"] = grad_norm
-    # A non-finite loss or gradient would turn every weight into NaN: skip the update (the
-    # trainer counts skips and stops the run after train.max_skipped in a row).
-    stage = nonfinite_stage(diag["loss/total"], grad_norm)
-    if stage is None:
-        state.optimizer.step()
-        state.optimizer_steps += 1
-    else:
-        state.optimizer.zero_grad(set_to_none=True)
-    diag["train/skipped_nonfinite_loss"] = float(stage == "loss")
-    diag["train/skipped_nonfinite_grad"] = float(stage == "gradient")
-    # Stage times of this pass (log-prob forward + loss, backward, clip + optimizer).
-    diag["time/logprob_seconds"] = clock["forward"]
-    diag["time/backward_seconds"] = clock["backward"]
-    diag["time/optimizer_seconds"] = time.perf_counter() - t3
-    return stored, diag
+        parts.append((mb.response_mask.sum().item(), diag))
+    with clock("optimizer"):  # clipping, the finiteness check and the step
+        grad_norm = grad_clip(state, cfg.train.grad_clip)
+        diag = combine(parts)
+        diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
+        diag["policy/grad_norm"] = grad_norm
+        # A non-finite loss or gradient would turn every weight into NaN: skip the update (the
+        # trainer counts skips and stops the run after train.max_skipped in a row).
+        stage = nonfinite_stage(diag["loss/total"], grad_norm)
+        if stage is None:
+            state.optimizer.step()
+            state.optimizer_steps += 1
+        else:
+            state.optimizer.zero_grad(set_to_none=True)
+    return stored, diag, stage
+
+
+def micro_loss(a: AlgoConfig, logp: Tensor, logp_old: Tensor, mb: Batch, denominator: float
+               ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A micro-batch's per-token policy loss and KL to the reference (None without one), both
+    (B', G, T), and its share of the step's scalar loss (divided by the whole batch's count)."""
+    pg = LOSSES[a.loss](logp, logp_old, mb.delta, mb.response_mask, ratio_level=a.ratio_level,
+                        clip_eps_low=a.eps_low, clip_eps_high=a.eps_high)
+    if mb.logp_ref is None:
+        return pg, None, aggregate(pg, mb.response_mask, a.aggregation, denominator)
+    kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)
+    return pg, kl, aggregate(pg + a.kl_weight * kl, mb.response_mask, a.aggregation, denominator)
 
 
 @torch.no_grad()
@@ -268,10 +279,10 @@ def grad_clip(state: TrainState, max_norm: float) -> float:
 
 
 @torch.no_grad()
-def reward_metrics(rewards: Tensor, table: dict[str, Tensor], delta: Tensor, task,
-                   rollout) -> dict[str, float]:
+def reward_metrics(batch: Batch, task) -> dict[str, float]:
     """What the sampled batch scored: the training reward, each reward function's mean,
-    correctness, and (for text) truncation and length. (B, G) in."""
+    correctness, and (for text) truncation and length."""
+    rewards, table = batch.rewards, batch.table  # (B, G), {name: (B, G)}
     flat = rewards.amax(dim=-1) == rewards.amin(dim=-1)
     out = {
         "train/reward_mean": rewards.mean().item(),
@@ -279,13 +290,12 @@ def reward_metrics(rewards: Tensor, table: dict[str, Tensor], delta: Tensor, tas
         "train/reward_group_max": rewards.amax(dim=-1).mean().item(),
         # Groups whose samples all scored the same give no gradient under a group baseline.
         "train/flat_group_frac": flat.float().mean().item(),
-        "train/delta_abs_mean": delta.abs().mean().item(),
-        "train/response_tokens": rollout.response_mask.sum(-1).mean().item(),
+        "train/delta_abs_mean": batch.delta.abs().mean().item(),
+        "train/response_tokens": batch.response_mask.sum(-1).mean().item(),
     }
     if task.correctness is not None:
         out["train/exact_match"] = task.correct(table).float().mean().item()
     out.update({f"train/reward_{name}": v.float().mean().item() for name, v in table.items()})
-    truncated = getattr(rollout, "truncated", None)
-    if truncated is not None:
-        out["train/truncated_frac"] = truncated.float().mean().item()
+    if batch.truncated is not None:
+        out["train/truncated_frac"] = batch.truncated.float().mean().item()
     return out

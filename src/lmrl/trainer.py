@@ -40,7 +40,7 @@ from lmrl.recovery import (
 from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
 from lmrl.tasks import build_task as build_task_from
-from lmrl.tasks.sort import SortTask, evaluate_sort
+from lmrl.tasks.registry import Task
 from lmrl.threads import configure_threads
 
 
@@ -52,19 +52,13 @@ def build_task(cfg: Config):
         raise ConfigError(f"task {cfg.task.task}: {err}") from err
 
 
-def evaluate(state: TrainState, task, cfg: Config) -> tuple[dict[str, float], list[dict]]:
+def evaluate(state: TrainState, task: Task, cfg: Config) -> tuple[dict[str, float], list[dict]]:
     """Held-out metrics and (text tasks) a few sample completions."""
     state.policy.eval()
-    if isinstance(task, SortTask):
-        metrics, samples = evaluate_sort(task, state.policy, cfg.log.eval_samples or cfg.train.G,
-                                         state.eval_generator), []
-    else:
-        from lmrl.tasks.text import evaluate_text
-
-        metrics, samples = evaluate_text(task, state.policy, state.eval_generator,
-                                         num_samples=cfg.log.eval_samples,
-                                         max_examples=cfg.log.eval_limit or None,
-                                         num_logged=cfg.log.log_samples)
+    metrics, samples = task.evaluate(state.policy, state.eval_generator,
+                                     num_samples=cfg.log.eval_samples, group_size=cfg.train.G,
+                                     max_examples=cfg.log.eval_limit or None,
+                                     num_logged=cfg.log.log_samples)
     state.policy.train()
     return metrics, samples
 
@@ -110,7 +104,7 @@ def model_inputs(cfg: Config) -> tuple[str, ...]:
     return () if cfg.is_toy or not Path(cfg.policy.model).exists() else (cfg.policy.model,)
 
 
-def train(cfg: Config, policy: torch.nn.Module | None = None, task=None,
+def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None = None,
           verbose: bool = True) -> dict:
     """Run a whole training job; returns the summary (also written to summary.json).
 

@@ -26,9 +26,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
-from lmrl.config import FORWARDS
 from lmrl.policies.base import Rollout, entropy_from_logits
-from lmrl.policies.lean import LeanCache, LeanForward, StaticCache, unsupported_reason
+from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
 
 # Loading and saving a small model is instant; transformers' own progress bars would only clutter
@@ -180,15 +179,15 @@ class HFPolicy(nn.Module):
     a deterministic forward pass, and dropout would make π_old and π differ at equal weights.
 
     forward: which code computes the model's function. lmrl: `lean.LeanForward`, lmrl's own pass
-    with fused projections over the model's parameters (Llama-family models; 10-16% off a tiny
-    model's CPU step, 1.5x faster sampling at 200-token prompts, bench/README.md);
+    with fused projections over the model's parameters (Llama-family models; faster on a CPU,
+    most at long prompts: bench/README.md);
     transformers: the model's own forward; auto: lmrl's on a CPU when the architecture is
     supported, else transformers' (on a GPU transformers' fused attention kernels win, and
     lmrl's would hold a second copy of the projection weights during each pass).
 
     compile: torch.compile lmrl's forward (`compiled`): decoding runs one graph per rollout on
     a StaticCache, each log-prob pass one graph forward and one backward, with the elementwise
-    ops fused; the first step compiles (7-40 s on a 2-core CPU, bench/README.md).
+    ops fused; the first step compiles (seconds to a minute: bench/README.md).
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,

@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+# policy.forward: "lmrl" is this module's pass, "transformers" the model's own, "auto" picks
+# (HFPolicy's docstring says how). Here, below config.py, which imports it for validation.
+FORWARDS = ("auto", "lmrl", "transformers")
 
 
 def unsupported_reason(model: nn.Module) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
 from lmrl.tasks.sort_text import parse_int
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
@@ -115,3 +116,17 @@ class ArithmeticTask(TextTask):
     def demonstration(self, example: Example) -> str:
         """{"prompt": "123+456=", "answer": 579} -> "579"."""
         return str(example["answer"])
+
+
+def _spec(name: str, op: str) -> TaskSpec:
+    def build(t) -> ArithmeticTask:
+        held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
+        return ArithmeticTask(op=op, digits=t.digits, split_seed=t.split_seed, **held)
+
+    return TaskSpec(
+        name=name, help=f"'123{op}456=' -> the {name} result", build=build,
+        fields=("digits", *TEXT_FIELDS),
+        describe=lambda t: f"task: {name} of {t.digits}-digit numbers{extra_rewards(t)}")
+
+
+ADDITION, MULTIPLICATION = _spec("addition", "+"), _spec("multiplication", "*")

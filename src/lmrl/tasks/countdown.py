@@ -40,6 +40,8 @@ from fractions import Fraction
 
 import torch
 
+from lmrl.errors import ConfigError
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
 MAX_CHARS = 200
@@ -295,3 +297,20 @@ class CountdownTask(TextTask):
     def demonstration(self, example: Example) -> str:
         """{"prompt": "3 5 7>22:", ..., "solution": "3*5+7"} -> "3*5+7"."""
         return example["solution"]
+
+
+def _check(t, default) -> None:
+    if t.n < 2 or t.V < 2:
+        raise ConfigError(f"task.n={t.n}, task.V={t.V}: countdown needs n >= 2 numbers and "
+                          "V >= 2")
+
+
+def _build(t) -> CountdownTask:
+    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
+    return CountdownTask(num_numbers=t.n, max_number=t.V, split_seed=t.split_seed, **held)
+
+
+SPEC = TaskSpec(
+    name="countdown", help="'3 5 7>22:' -> an expression such as '3*5+7'", build=_build,
+    check=_check, fields=("n", "V", *TEXT_FIELDS),
+    describe=lambda t: f"task: countdown with {t.n} numbers in 1..{t.V}{extra_rewards(t)}")

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from lmrl.errors import DataError
+from lmrl.errors import ConfigError, DataError
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
 from lmrl.tasks.text import Example, RewardFn, TextTask, data_file, read_lines
 
 R1_ZERO_PROMPT = (
@@ -233,3 +234,21 @@ class GSM8KTask(TextTask):
         """The GSM8K solution without calculator annotations, then the answer in tags (see
         demonstration_text)."""
         return demonstration_text(example["solution"])
+
+
+def _check(t, default) -> None:
+    if t.data is None:
+        raise ConfigError("task=gsm8k needs --data FILE")
+
+
+def _build(t) -> GSM8KTask:
+    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
+    return GSM8KTask(data=t.data, heldout_data=t.heldout_data, split_seed=t.split_seed, **held)
+
+
+SPEC = TaskSpec(
+    name="gsm8k", help="GSM8K word problems (--data) in the r1-zero template -> "
+                       "'... </think> <answer> 18 </answer>'",
+    build=_build, check=_check, fields=("data", "heldout_data", *TEXT_FIELDS),
+    describe=lambda t: f"task: gsm8k data={t.data} held out="
+                       f"{t.heldout_data or t.heldout_size or 'task default'}{extra_rewards(t)}")

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lmrl.errors import ConfigError
+from lmrl.tasks.registry import TaskSpec, reject_unused
+
 # The three training prompts of the lecture's own code (n = 3, V = 5).
 LECTURE_PROMPTS = [[1, 0, 2], [3, 2, 4], [1, 2, 3]]
 MAX_ENUMERATED = 2_000_000
@@ -203,6 +206,13 @@ class SortTask:
     def response_length(self) -> int:
         return self.n
 
+    def evaluate(self, policy, generator: torch.Generator, num_samples: int, group_size: int,
+                 max_examples: int | None = None, num_logged: int = 0
+                 ) -> tuple[dict[str, float], list[dict]]:
+        """The Task protocol's evaluation: every held-out prompt (max_examples and num_logged
+        do not apply: there is no text to log), pass@k with k = num_samples or the group size."""
+        return evaluate_sort(self, policy, num_samples or group_size, generator), []
+
 
 def _unique_rows(codes: Tensor) -> tuple[Tensor, Tensor]:
     """Unique codes and the index of each one's first occurrence."""
@@ -233,3 +243,58 @@ def evaluate_sort(task: SortTask, policy, num_samples: int, generator: torch.Gen
         greedy = policy.sample(task.train, 1, temperature=0.0).responses
         metrics["eval/train_exact_match"] = float(exact_match(task.train, greedy).mean())
     return metrics
+
+
+HELDOUT_DEFAULT = 2000  # held-out prompts of prompts=random when heldout_size is not given
+
+
+def check_numbers(t) -> None:
+    """n and V of the sort tasks: a prompt of n numbers below V must exist, and be sortable."""
+    if t.n < 2 or t.V < 2:
+        raise ConfigError(f"task.n={t.n}, task.V={t.V}: sorting needs n >= 2 and V >= 2")
+    if not t.repeats and t.n > t.V:
+        raise ConfigError(f"task.n={t.n} > task.V={t.V} without repeats: there are not n distinct "
+                          "numbers; lower n, raise V or set repeats")
+
+
+def check_heldout(t, held: int) -> None:
+    total = num_prompts(t.n, t.V, t.repeats)
+    if not 0 < held <= total // 2:
+        raise ConfigError(f"task.heldout_size={held} must be in 1..{total // 2} (half of "
+                          f"the {total} prompts of n={t.n}, V={t.V}); lower it or use prompts=all")
+
+
+def _check(t, default) -> None:
+    _choice_of("reward", t.reward, REWARDS)
+    _choice_of("prompts", t.prompts, PROMPT_SETS)
+    check_numbers(t)
+    if t.prompts == "random":
+        check_heldout(t, t.heldout_size if t.heldout_size is not None else HELDOUT_DEFAULT)
+    if t.prompts == "lecture" and (t.n, t.V) != (3, 5):
+        raise ConfigError("task.prompts=lecture is the lecture's n=3, V=5 set; set n=3 and V=5")
+    if not 0.0 < t.train_frac < 1.0:
+        raise ConfigError(f"task.train_frac={t.train_frac} must be in (0, 1)")
+    reject_unused(t, default, t.prompts != "all", ("train_frac", "constants_in_train"),
+                  "only prompts=all splits a prompt set")
+    reject_unused(t, default, t.prompts != "random", ("heldout_size",),
+                  "only prompts=random draws a held-out set")
+
+
+def _choice_of(name: str, value: str, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"task.{name}={value!r} is unknown; valid: {', '.join(valid)}")
+
+
+def _build(t) -> SortTask:
+    return SortTask(n=t.n, V=t.V, repeats=t.repeats, prompts=t.prompts, train_frac=t.train_frac,
+                    heldout_size=t.heldout_size or HELDOUT_DEFAULT,
+                    constants_in_train=t.constants_in_train, split_seed=t.split_seed,
+                    reward=t.reward)
+
+
+SPEC = TaskSpec(
+    name="sort", help="the seed's toy task: n numbers below V as a tensor -> them sorted",
+    build=_build, text=False, check=_check,
+    fields=("n", "V", "repeats", "prompts", "train_frac", "constants_in_train", "heldout_size",
+            "split_seed", "reward"),
+    describe=lambda t: f"task: sort n={t.n} V={t.V} prompts={t.prompts} reward={t.reward}")

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lmrl.errors import ConfigError
 from lmrl.tasks import sort
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
 _INT = re.compile(r"-?[0-9]+")
@@ -209,3 +211,23 @@ class SortTextTask(TextTask):
     def demonstration(self, example: Example) -> str:
         """{"numbers": [3, 1, 2, 0], ...} -> "0 1 2 3"."""
         return " ".join(map(str, sorted(example["numbers"])))
+
+
+def _check(t, default) -> None:
+    if t.reward not in REWARDS:
+        raise ConfigError(f"task.reward={t.reward!r} is unknown; valid: {', '.join(REWARDS)}")
+    sort.check_numbers(t)
+    if t.heldout_size is not None:
+        sort.check_heldout(t, t.heldout_size)
+
+
+def _build(t) -> SortTextTask:
+    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
+    return SortTextTask(n=t.n, V=t.V, repeats=t.repeats, reward=t.reward,
+                        split_seed=t.split_seed, **held)
+
+
+SPEC = TaskSpec(
+    name="sort_text", help="sorting as text: '3 1 2 0 4=' -> '0 1 2 3 4'", build=_build,
+    check=_check, fields=("n", "V", "repeats", "reward", *TEXT_FIELDS),
+    describe=lambda t: f"task: sort_text n={t.n} V={t.V} reward={t.reward}{extra_rewards(t)}")

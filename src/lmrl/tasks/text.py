@@ -256,6 +256,14 @@ class TextTask:
         """0/1 correctness per completion from a reward table. (B, G)."""
         return table[self.correctness]
 
+    def evaluate(self, policy, generator: torch.Generator, num_samples: int, group_size: int,
+                 max_examples: int | None = None, num_logged: int = 4
+                 ) -> tuple[dict[str, float], list[dict]]:
+        """The Task protocol's evaluation: greedy held-out metrics (evaluate_text), pass@k only
+        when num_samples > 0 (group_size does not apply), and a few logged completions."""
+        return evaluate_text(self, policy, generator, num_samples=num_samples,
+                             max_examples=max_examples, num_logged=num_logged)
+
 
 @torch.no_grad()
 def evaluate_text(task: TextTask, policy, generator: torch.Generator | None = None,

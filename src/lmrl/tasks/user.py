@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lmrl.errors import ConfigError
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, reject_unused
 from lmrl.tasks.text import (
     Example,
     RewardError,
@@ -112,3 +114,29 @@ def _check_columns(rows: list[Example], path: str | Path, columns: set[str]) -> 
                              f"{sorted(columns)}; every row needs the same columns, since reward "
                              "functions receive each column for the whole batch")
     return columns
+
+
+def _check(t, default) -> None:
+    if t.data is None:
+        raise ConfigError("task=user needs --data FILE")
+    if not t.reward_fns:
+        raise ConfigError("task=user needs at least one --reward-fns module:function")
+    reject_unused(t, default, t.heldout_data is not None, ("heldout_size", "split_seed"),
+                  "with heldout_data the user task evaluates that whole file")
+
+
+def _build(t) -> UserTask:
+    split = {} if t.heldout_data is not None else {"split_seed": t.split_seed}
+    if t.heldout_data is None and t.heldout_size is not None:
+        split["heldout_size"] = t.heldout_size
+    timeout = t.reward_timeout or None
+    return UserTask(data=t.data, reward_fns=list(t.reward_fns), heldout_data=t.heldout_data,
+                    reward_timeout=timeout, **split)
+
+
+SPEC = TaskSpec(
+    name="user", help="your data file's prompt column -> what your --reward-fns score",
+    build=_build, check=_check, fields=("data", "heldout_data", *TEXT_FIELDS),
+    own_reward_fns=True,
+    describe=lambda t: f"task: user data={t.data} held out="
+                       f"{t.heldout_data or t.heldout_size or 'task default'}{extra_rewards(t)}")

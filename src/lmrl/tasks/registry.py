@@ -1,0 +1,82 @@
+"""The task registry's entry: what the config needs to know about a task.
+
+Each task module declares one `TaskSpec`: its name, a one-line help, which `TaskConfig` fields
+it reads, whether its prompts are text (a causal LM) or the toy's tensors, its own checks and
+its one-line description, and how to build it from the task config. `lmrl.tasks.TASKS` maps
+names to specs; config.py validates, rejects unread fields and describes through them, so no
+module outside a task's own file branches on its name. Adding a task is one file plus one line
+in `TASKS`.
+
+A spec's functions receive the config's task group (a `TaskConfig`, duck-typed: this leaf module
+does not import config) and raise `ConfigError` with the fix.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from lmrl.errors import ConfigError
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the step, the trainer and evaluation use of a task (sort.SortTask for the toy's
+    tensors, text.TextTask's subclasses for text). Shapes: B prompts, G samples each."""
+
+    correctness: str | None
+    """The name of the 0/1 reward that says "right" (eval/exact_match), None if there is none."""
+
+    def sample_prompts(self, B: int, generator) -> Any:
+        """B training prompts: a (B, n) tensor, or B examples (dicts with a "prompt")."""
+
+    def score_rollout(self, prompts, rollout) -> tuple[Any, dict[str, Any]]:
+        """The training reward (B, G) and every reward function's own table {name: (B, G)}."""
+
+    def correct(self, table: dict[str, Any]) -> Any:
+        """0/1 correctness (B, G) from a reward table."""
+
+    def evaluate(self, policy, generator, num_samples: int, group_size: int,
+                 max_examples: int | None = None, num_logged: int = 0
+                 ) -> tuple[dict[str, float], list[dict]]:
+        """Held-out eval/* metrics and a few logged samples."""
+
+
+# What every text task reads besides its own fields: a held-out split and user reward functions.
+TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout")
+
+
+def no_check(t, default) -> None:
+    """A task with nothing to check beyond the config's generic rules."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    help: str
+    """One line: prompt -> completion, for --help and the README's table."""
+    build: Callable
+    """TaskConfig -> the task object (imports its module's heavier parts only when called)."""
+    fields: tuple[str, ...]
+    """The TaskConfig fields it reads besides `task`; any other field must keep its default."""
+    text: bool = True
+    """Text prompts and completions for a causal LM (False: the toy model's tensors)."""
+    check: Callable = no_check
+    """Its own rules on its fields (ranges, combinations), raising ConfigError."""
+    describe: Callable = field(default=lambda t: f"task: {t.task}")
+    """The one-line description printed at start."""
+    own_reward_fns: bool = False
+    """Its rewards are the user's --reward-fns themselves (else they are added to its own)."""
+
+
+def reject_unused(t, default, applies: bool, names: tuple[str, ...], why: str) -> None:
+    """A field that another setting of the task makes irrelevant must keep its default (one
+    setting decides one thing); `default` is a default TaskConfig."""
+    for name in names if applies else ():
+        value = getattr(t, name)
+        if value != getattr(default, name):
+            raise ConfigError(f"task.{name}={value!r} has no effect here ({why}); drop it or "
+                              "change the setting that disables it")
+
+
+def extra_rewards(t) -> str:
+    return f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
