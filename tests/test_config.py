@@ -376,3 +376,75 @@ def test_text_tasks_use_their_own_heldout_size_unless_given():
     assert len(build_task(lm_cfg(task={"task": "addition"})).heldout) == 500
     assert len(build_task(lm_cfg(task={"task": "addition", "heldout_size": 7})).heldout) == 7
     assert len(build_task(Config()).heldout) == 2000  # the toy's default
+
+
+# ---------------------------------------------------------------- rules from registry metadata
+
+
+def test_clip_rules_follow_the_loss_metadata_not_its_name(monkeypatch):
+    from lmrl.losses import LOSSES, LossSpec, clipped_loss, unclipped_loss
+    monkeypatch.setitem(LOSSES, "ppo", LossSpec(clipped_loss, "test", uses_ratio=True, clips=True))
+    a = build(algo={"loss": "ppo", "clip_eps": 0.1, "ratio_level": "sequence"}).algo
+    assert (a.eps_low, a.eps_high, a.ratio_level) == (0.1, 0.1, "sequence")
+    raises("clip ε must be > 0", algo={"loss": "ppo", "clip_eps": 0.0})
+    monkeypatch.setitem(LOSSES, "is", LossSpec(unclipped_loss, "test", uses_ratio=True))
+    msg = raises("algo.clip_eps=0.1 has no effect", algo={"loss": "is", "clip_eps": 0.1})
+    assert "only loss=clipped/ppo clips" in msg  # the clipping losses, named from the registry
+    assert "ε=" not in describe(build(algo={"loss": "is"}))
+
+
+def test_ratio_rule_follows_the_loss_metadata(monkeypatch):
+    from lmrl.losses import LOSSES, LossSpec, naive_loss
+    monkeypatch.setitem(LOSSES, "reinforce", LossSpec(naive_loss, "test"))
+    msg = raises("algo.ratio_level=.* has no effect", algo={"loss": "reinforce",
+                                                             "ratio_level": "sequence"})
+    assert "loss=reinforce has no importance ratio" in msg
+    text = describe(build(algo={"loss": "reinforce", "mu": 2}))
+    assert "loss=reinforce with μ=2 reuses stale samples" in text and "ratio per" not in text
+
+
+def test_group_and_eps_rules_follow_the_delta_metadata(monkeypatch):
+    from lmrl.deltas import DELTAS, DeltaSpec, centered, normalized
+    monkeypatch.setitem(DELTAS, "baseline", DeltaSpec(centered, "test", needs_group=True))
+    raises("a group baseline needs G >= 2", algo={"delta": "baseline"}, train={"G": 1})
+    monkeypatch.setitem(DELTAS, "zscore", DeltaSpec(normalized, "test", reads_eps=True))
+    assert build(algo={"delta": "zscore", "norm_eps": 0.5}, train={"G": 1}).algo.norm_eps == 0.5
+    msg = raises("algo.norm_eps=0.5 has no effect", algo={"delta": "baseline", "norm_eps": 0.5})
+    assert "only delta=normalized/zscore divides by std" in msg
+
+
+def test_describe_shows_only_the_settings_the_loss_and_delta_read():
+    text = describe(build(algo={"loss": "naive", "delta": "raw"}))
+    assert "delta: raw (R); loss: naive (-Δ log π); aggregation" in text
+    text = describe(Config())
+    assert "loss: clipped (-min(rΔ, clip(r)Δ), ε=0.2/0.2, ratio per token)" in text
+    assert "delta: normalized ((R - mean) / (std + eps), eps=1e-06)" in text
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """A dataclass's field docstrings (tyro's --help text), whitespace collapsed."""
+    import ast
+    import inspect
+    import textwrap
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split())
+            for node, doc in zip(body, body[1:], strict=False)
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)}
+
+
+def test_algo_help_lists_every_registry_entry_in_order():
+    """tyro reads --help from the field docstrings' source text, so they cannot be generated;
+    this keeps their "Valid:" lists equal to the registries (names and formulas)."""
+    from lmrl.deltas import DELTAS
+    from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, RATIO_LEVELS
+    docs = _field_docs(AlgoConfig)
+
+    def valid(name):
+        return docs[name].split("Valid: ", 1)[1].removesuffix(".")
+
+    assert valid("delta") == ", ".join(f"{n} ({s.help})" for n, s in DELTAS.items())
+    assert valid("loss") == ", ".join(f"{n} ({s.help})" for n, s in LOSSES.items())
+    assert valid("kl_estimator") == ", ".join(KL_ESTIMATORS)
+    assert valid("aggregation") == ", ".join(AGGREGATIONS)
+    assert valid("ratio_level") == ", ".join(RATIO_LEVELS)

@@ -186,3 +186,24 @@ def test_compute_deltas_unknown_name_lists_valid_names():
         compute_deltas("nope", R)
     for name in ("raw", "centered", "normalized", "max_only", "rloo"):
         assert name in str(err.value)
+
+
+# ---------------------------------------------------------------- the registry's metadata
+
+
+@pytest.mark.parametrize("name", list(DELTAS))
+def test_each_delta_takes_eps_exactly_when_its_spec_says_so(name):
+    import inspect
+    spec = DELTAS[name]
+    assert list(inspect.signature(spec.fn).parameters) == (
+        ["rewards", "eps"] if spec.reads_eps else ["rewards"])
+    assert (name in GROUP_BASELINE) == spec.needs_group
+
+
+def test_compute_deltas_follows_the_metadata_not_the_name(monkeypatch):
+    from lmrl.deltas import DeltaSpec
+    rewards = torch.tensor([[1.0, 3.0, 5.0]])
+    monkeypatch.setitem(DELTAS, "scaled", DeltaSpec(normalized, "test", reads_eps=True))
+    assert_close(compute_deltas("scaled", rewards, eps=2.0), [[-0.5, 0.0, 0.5]])
+    monkeypatch.setitem(DELTAS, "unscaled", DeltaSpec(normalized, "test"))  # eps not passed
+    assert_close(compute_deltas("unscaled", rewards, eps=2.0), normalized(rewards).tolist())

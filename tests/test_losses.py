@@ -15,6 +15,7 @@ from lmrl.losses import (
     KL_ESTIMATORS,
     LOSSES,
     aggregate,
+    bind_loss,
     clipped_loss,
     importance_ratio,
     kl_k1,
@@ -192,7 +193,7 @@ def test_every_loss_has_zero_gradient_where_delta_is_zero(loss_name, ratio_level
     delta = torch.randn(2, 3, generator=g, dtype=torch.float64)
     delta[1] = 0.0
     mask = torch.ones(2, 3, 4, dtype=torch.float64)
-    loss = LOSSES[loss_name](logp, logp_old, delta, mask, ratio_level=ratio_level)
+    loss = bind_loss(loss_name, ratio_level=ratio_level)(logp, logp_old, delta, mask)
     (grad,) = torch.autograd.grad(aggregate(loss, mask, "token_mean"), logp)
     assert grad[0].abs().sum() > 0 and torch.equal(grad[1], torch.zeros_like(grad[1]))
 
@@ -402,3 +403,48 @@ def test_estimator_gradients_through_sampled_logp_are_reverse_and_forward_kl():
     assert torch.allclose(expected_grad(kl_k3), forward, atol=1e-6)
     assert torch.allclose(expected_grad(kl_k1), torch.zeros(4), atol=1e-6)
     assert not torch.allclose(reverse, forward, atol=1e-3)
+
+
+# ---------------------------------------------------------------- the registry and bind_loss
+
+
+def test_a_misspelt_keyword_to_a_loss_is_a_type_error():
+    x, one = t([[HALF]]), t([[1.0]])
+    with pytest.raises(TypeError, match="clip_esp_low"):
+        clipped_loss(x, x, t([1.0]), one, clip_esp_low=0.1)
+    with pytest.raises(TypeError, match="ratio_level"):
+        LOSSES["naive"](x, x, t([1.0]), one, ratio_level="token")  # naive has no ratio
+    with pytest.raises(TypeError, match="clip_eps"):
+        bind_loss("clipped", clip_eps=0.1)  # the config's clip_eps is split into low/high
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_each_loss_declares_exactly_the_settings_its_spec_says_it_reads(name):
+    import inspect
+    spec = LOSSES[name]
+    declared = list(inspect.signature(spec.fn).parameters)
+    assert declared[:4] == ["logp", "logp_old", "delta", "mask"]
+    expected = (["ratio_level"] if spec.uses_ratio else []) + (
+        ["clip_eps_low", "clip_eps_high"] if spec.clips else [])
+    assert declared[4:] == expected
+    assert not spec.clips or spec.uses_ratio  # clipping is of the ratio
+
+
+def test_bind_loss_is_the_loss_with_its_settings():
+    g = torch.Generator().manual_seed(1)
+    logp, logp_old = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    delta, mask = torch.randn(2, 3, generator=g), (torch.rand(2, 3, 4, generator=g) > 0.3).float()
+    kw = {"ratio_level": "sequence", "clip_eps_low": 0.1, "clip_eps_high": 0.3}
+    bound = bind_loss("clipped", **kw)(logp, logp_old, delta, mask)
+    assert torch.equal(bound, clipped_loss(logp, logp_old, delta, mask, **kw))
+    assert not torch.equal(bound, clipped_loss(logp, logp_old, delta, mask))  # kw took effect
+    # settings a loss does not read are not passed to it
+    assert torch.equal(bind_loss("naive", **kw)(logp, logp_old, delta, mask),
+                       naive_loss(logp, logp_old, delta, mask))
+    assert torch.equal(bind_loss("unclipped", **kw)(logp, logp_old, delta, mask),
+                       unclipped_loss(logp, logp_old, delta, mask, ratio_level="sequence"))
+
+
+def test_bind_loss_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="naive, unclipped, clipped"):
+        bind_loss("nope")

@@ -30,6 +30,13 @@ class CountingPolicy(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = inner, 0
 
+    def prepare(self, prompts):
+        return self.inner.prepare(prompts)
+
+    @property
+    def token_budget(self):
+        return self.inner.token_budget
+
     def sample(self, *a, **k):
         return self.inner.sample(*a, **k)
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmrl.deltas import DELTAS, GROUP_BASELINE
+from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
-from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, RATIO_LEVELS
 from lmrl.policies.lean import FORWARDS  # policy.forward's choices
 from lmrl.policies.toy import INITS
 from lmrl.tasks import TASKS as TASK_SPECS
@@ -126,11 +126,14 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     delta: str = "normalized"
-    """How rewards become Δ. Valid: raw, centered, normalized, max_only, rloo."""
+    """How rewards become Δ (mean, std: over the prompt's group; the registry: lmrl/deltas.py).
+    Valid: raw (R), centered (R - mean), normalized ((R - mean) / (std + eps)), max_only (R where
+    R is the group's maximum, else 0), rloo (R - mean of the other samples)."""
     norm_eps: float = 1e-6
     """eps in normalized deltas (R - mean) / (std + eps)."""
     loss: str = "clipped"
-    """Policy loss. Valid: naive (-Δ log π), unclipped (-rΔ), clipped (-min(rΔ, clip(r)Δ))."""
+    """Policy loss (the registry: lmrl/losses.py). Valid: naive (-Δ log π), unclipped (-rΔ),
+    clipped (-min(rΔ, clip(r)Δ))."""
     clip_eps: float = 0.2
     """Clip range ε: r is clipped to [1-ε, 1+ε]."""
     clip_eps_low: float | None = None
@@ -286,11 +289,16 @@ def _reject_ignored(cfg: Config) -> None:
     flag is silently ignored (one setting decides one thing)."""
     t, p, a, tr = cfg.task, cfg.policy, cfg.algo, cfg.train
     spec = TASK_SPECS[t.task]
+    loss_spec, delta_spec = LOSSES[a.loss], DELTAS[a.delta]
+    clipping = "/".join(name for name, s in LOSSES.items() if s.clips)
+    reading_eps = "/".join(name for name, s in DELTAS.items() if s.reads_eps)
     rules = [
-        (a.loss != "clipped", "algo", ("clip_eps", "clip_eps_low", "clip_eps_high"),
-         "only loss=clipped clips"),
-        (a.loss == "naive", "algo", ("ratio_level",), "loss=naive has no importance ratio"),
-        (a.delta != "normalized", "algo", ("norm_eps",), "only delta=normalized divides by std"),
+        (not loss_spec.clips, "algo", ("clip_eps", "clip_eps_low", "clip_eps_high"),
+         f"only loss={clipping} clips"),
+        (not loss_spec.uses_ratio, "algo", ("ratio_level",),
+         f"loss={a.loss} has no importance ratio"),
+        (not delta_spec.reads_eps, "algo", ("norm_eps",),
+         f"only delta={reading_eps} divides by std"),
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
@@ -350,17 +358,17 @@ def validate(cfg: Config) -> None:
     _check_model_task(cfg)
     _choice("algo", "delta", a.delta, DELTAS)
     _choice("algo", "loss", a.loss, LOSSES)
-    _choice("algo", "ratio_level", a.ratio_level, ("token", "sequence"))
+    _choice("algo", "ratio_level", a.ratio_level, RATIO_LEVELS)
     _choice("algo", "aggregation", a.aggregation, AGGREGATIONS)
     if a.kl_estimator is not None:
         _choice("algo", "kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     _choice("train", "schedule", tr.schedule, SCHEDULES)
     _choice("log", "logger", lg.logger, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
-    if tr.G < 2 and a.delta in GROUP_BASELINE:
+    if tr.G < 2 and DELTAS[a.delta].needs_group:
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
                           "samples per prompt; raise G or use delta=raw")
-    if a.loss == "clipped" and min(a.eps_low, a.eps_high) <= 0:
+    if LOSSES[a.loss].clips and min(a.eps_low, a.eps_high) <= 0:
         raise ConfigError(f"clip ε must be > 0 (got low={a.eps_low}, high={a.eps_high}); "
                           "to remove clipping use loss=unclipped")
     if a.kl_weight < 0:
@@ -464,8 +472,9 @@ def describe(cfg: Config) -> str:
         ref = f"on (λ={a.kl_weight}, {a.estimator}), {refresh}"
     else:
         ref = "off (kl_weight=0: no reference model is built)"
-    if a.mu > 1 and a.loss == "naive":
-        old_note = f"; note: loss=naive with μ={a.mu} reuses stale samples with no ratio correction"
+    if a.mu > 1 and not LOSSES[a.loss].uses_ratio:
+        old_note = (f"; note: loss={a.loss} with μ={a.mu} reuses stale samples with no ratio "
+                    "correction")
     else:
         old_note = ""
     old = ("logp_old = detached current log-probs (μ=1: ratio is 1, no extra pass)" if a.mu == 1
@@ -473,14 +482,23 @@ def describe(cfg: Config) -> str:
     return "\n".join([
         TASK_SPECS[cfg.task.task].describe(cfg.task),
         _describe_policy(cfg),
-        f"delta: {a.delta}; loss: {a.loss} (ε={a.eps_low}/{a.eps_high}, ratio per {a.ratio_level}"
-        f"); aggregation: {a.aggregation}",
+        _describe_objective(a),
         f"reference policy: {ref}",
         f"old policy: {old}{old_note}",
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
         f"lr={cfg.lr} ({cfg.train.schedule}, {cfg.train.warmup_steps} warm-up steps), "
         f"grad clip {cfg.train.grad_clip or 'off'}, {cfg.train.grad_accum} micro-batch(es)",
     ])
+
+
+def _describe_objective(a: AlgoConfig) -> str:
+    """The delta and loss as formulas (from their registries), with the settings each reads."""
+    delta_spec, loss_spec = DELTAS[a.delta], LOSSES[a.loss]
+    delta = [delta_spec.help] + ([f"eps={a.norm_eps}"] if delta_spec.reads_eps else [])
+    loss = ([loss_spec.help] + ([f"ε={a.eps_low}/{a.eps_high}"] if loss_spec.clips else [])
+            + ([f"ratio per {a.ratio_level}"] if loss_spec.uses_ratio else []))
+    return (f"delta: {a.delta} ({', '.join(delta)}); loss: {a.loss} ({', '.join(loss)}); "
+            f"aggregation: {a.aggregation}")
 
 
 def _describe_policy(cfg: Config) -> str:

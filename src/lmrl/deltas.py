@@ -15,6 +15,7 @@ Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,21 +58,39 @@ def rloo(rewards: Tensor) -> Tensor:
 
 DeltaFn = Callable[..., Tensor]
 
-DELTAS: dict[str, DeltaFn] = {
-    "raw": raw,
-    "centered": centered,
-    "normalized": normalized,
-    "max_only": max_only,
-    "rloo": rloo,
+
+@dataclass(frozen=True)
+class DeltaSpec:
+    """A delta and what the config needs to know about it.
+
+    needs_group: it subtracts a group baseline, so it needs G >= 2 (with one sample the
+    baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps).
+    Calling the spec calls the delta.
+    """
+
+    fn: DeltaFn
+    help: str  # the formula: in config.py's --help (a test keeps them equal) and describe()
+    needs_group: bool = False
+    reads_eps: bool = False
+
+    def __call__(self, rewards: Tensor, **settings: float) -> Tensor:
+        return self.fn(rewards, **settings)
+
+
+DELTAS: dict[str, DeltaSpec] = {
+    "raw": DeltaSpec(raw, "R"),
+    "centered": DeltaSpec(centered, "R - mean", needs_group=True),
+    "normalized": DeltaSpec(normalized, "(R - mean) / (std + eps)", needs_group=True,
+                            reads_eps=True),
+    "max_only": DeltaSpec(max_only, "R where R is the group's maximum, else 0"),
+    "rloo": DeltaSpec(rloo, "R - mean of the other samples", needs_group=True),
 }
-# These need G >= 2: with one sample the group baseline is the sample itself.
-GROUP_BASELINE = {"centered", "normalized", "rloo"}
+GROUP_BASELINE = {name for name, spec in DELTAS.items() if spec.needs_group}
 
 
 def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dispatch by name; only `normalized` reads eps."""
+    """Dispatch by name; eps goes only to the deltas that read it (normalized)."""
     if name not in DELTAS:
         raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
-    if name == "normalized":
-        return normalized(rewards, eps=eps)
-    return DELTAS[name](rewards)
+    spec = DELTAS[name]
+    return spec.fn(rewards, eps=eps) if spec.reads_eps else spec.fn(rewards)

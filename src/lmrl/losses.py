@@ -9,7 +9,9 @@ Every loss returns the per-token loss matrix. How it is reduced to a scalar is a
 parallelism can divide by a *global* count and optimise exactly the same objective.
 """
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -21,6 +23,9 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- importance ratios
+
+RATIO_LEVELS = ("token", "sequence")
+
 
 def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = "token") -> Tensor:
     """r = π_θ / π_old with logp_old treated as a constant (detached).
@@ -38,19 +43,18 @@ def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = 
     if level == "sequence":
         seq = torch.exp(diff.sum(dim=-1, keepdim=True)).detach()
         return seq * torch.exp(diff - diff.detach())
-    raise ValueError(f"unknown ratio level {level!r}; valid: token, sequence")
+    raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
 
 
 # ---------------------------------------------------------------- policy losses
 
-def naive_loss(logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, **_: object) -> Tensor:
+def naive_loss(logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor) -> Tensor:
     """-Δ · log π_θ per token (its sum over tokens is -Δ log π_θ(A|S)). logp_old unused."""
     return -delta.unsqueeze(-1) * logp
 
 
 def unclipped_loss(
     logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
-    **_: object,
 ) -> Tensor:
     """-r · Δ per token: the importance-weighted surrogate with no trust region."""
     return -importance_ratio(logp, logp_old, mask, ratio_level) * delta.unsqueeze(-1)
@@ -58,7 +62,7 @@ def unclipped_loss(
 
 def clipped_loss(
     logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
-    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, **_: object,
+    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2,
 ) -> Tensor:
     """-min(r·Δ, clip(r, 1-ε_low, 1+ε_high)·Δ) per token (PPO/GRPO clipped surrogate)."""
     ratio = importance_ratio(logp, logp_old, mask, ratio_level)
@@ -68,11 +72,52 @@ def clipped_loss(
 
 
 LossFn = Callable[..., Tensor]
-LOSSES: dict[str, LossFn] = {
-    "naive": naive_loss,
-    "unclipped": unclipped_loss,
-    "clipped": clipped_loss,
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A policy loss and what the config needs to know about it.
+
+    uses_ratio: it takes `ratio_level` (it weights by the importance ratio r = π_θ/π_old);
+    clips: it takes `clip_eps_low` and `clip_eps_high`. `bind_loss` passes exactly these.
+    Calling the spec calls the loss.
+    """
+
+    fn: LossFn
+    help: str  # the formula: in config.py's --help (a test keeps them equal) and describe()
+    uses_ratio: bool = False
+    clips: bool = False
+
+    def __call__(self, logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor,
+                 **settings: object) -> Tensor:
+        return self.fn(logp, logp_old, delta, mask, **settings)
+
+
+LOSSES: dict[str, LossSpec] = {
+    "naive": LossSpec(naive_loss, "-Δ log π"),
+    "unclipped": LossSpec(unclipped_loss, "-rΔ", uses_ratio=True),
+    "clipped": LossSpec(clipped_loss, "-min(rΔ, clip(r)Δ)", uses_ratio=True, clips=True),
 }
+
+
+def bind_loss(
+    name: str, *, ratio_level: str = "token", clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """LOSSES[name] with its settings bound: f(logp, logp_old, delta, mask) -> (..., T).
+
+    Each loss gets only the settings its spec says it reads, so no loss needs a catch-all
+    **kwargs, and a misspelt keyword (here or to a loss) is a TypeError, not silently dropped.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+    spec = LOSSES[name]
+    settings: dict[str, object] = {}
+    if spec.uses_ratio:
+        settings["ratio_level"] = ratio_level
+    if spec.clips:
+        settings.update(clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high)
+    return functools.partial(spec.fn, **settings)
 
 
 @torch.no_grad()

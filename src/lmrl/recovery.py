@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lmrl import checkpoint, files
@@ -30,12 +29,7 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path:
     path = checkpoint.save(run_dir, state.step, state.state_dict(),
                            {"config": cfg.to_dict(), "lmrl_version": __version__},
                            keep=cfg.log.keep_checkpoints)
-    if cfg.is_toy:
-        with files.atomic_file(run_dir / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()}, tmp)
-    else:
-        with files.atomic_dir(run_dir / "model") as tmp:
-            state.policy.save_pretrained(tmp)
+    state.policy.save_to(run_dir)
     return path
 
 

@@ -23,8 +23,8 @@ from lmrl.deltas import compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
     KL_ESTIMATORS,
-    LOSSES,
     aggregate,
+    bind_loss,
     loss_denominator,
     masked_mean,
     ratio_diagnostics,
@@ -96,14 +96,6 @@ def _select(value, rows: Tensor):
     return value[rows.to(value.device)] if isinstance(value, Tensor) else value.select(rows)
 
 
-def policy_inputs(policy, prompts):
-    """What the policy conditions on: the toy model takes the prompt tensor as is; a causal LM
-    takes text, tokenized once here so that sampling and every log-prob pass share it."""
-    if isinstance(prompts, list) and prompts and isinstance(prompts[0], dict):
-        return policy.encode([ex["prompt"] for ex in prompts])
-    return prompts
-
-
 def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
     """Sample, score and update once; returns the step's flat metrics."""
     clock = Stopwatch()
@@ -124,7 +116,7 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
     tr, policy, clock = cfg.train, state.policy, clock or Stopwatch()
     with clock("sample"):
         prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
-        inputs = policy_inputs(policy, prompts)
+        inputs = policy.prepare(prompts)  # tokenized once for sampling and every pass
         with torch.no_grad():
             rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
     with clock("reward"):
@@ -154,8 +146,8 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     # The loss is divided by the whole batch's count, whatever the micro-batch split. The
     # constant normaliser is the token budget, fixed across steps (the padded T is not: a
     # causal LM stops sampling when its longest response ends).
-    budget = getattr(state.policy, "max_new_tokens", None)
-    denominator = loss_denominator(batch.response_mask, a.aggregation, constant=budget)
+    denominator = loss_denominator(batch.response_mask, a.aggregation,
+                                   constant=state.policy.token_budget)
     kept = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
     logp_old: list[Tensor] | None = None
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
@@ -223,8 +215,9 @@ def micro_loss(a: AlgoConfig, logp: Tensor, logp_old: Tensor, mb: Batch, denomin
                ) -> tuple[Tensor, Tensor | None, Tensor]:
     """A micro-batch's per-token policy loss and KL to the reference (None without one), both
     (B', G, T), and its share of the step's scalar loss (divided by the whole batch's count)."""
-    pg = LOSSES[a.loss](logp, logp_old, mb.delta, mb.response_mask, ratio_level=a.ratio_level,
-                        clip_eps_low=a.eps_low, clip_eps_high=a.eps_high)
+    policy_loss = bind_loss(a.loss, ratio_level=a.ratio_level, clip_eps_low=a.eps_low,
+                            clip_eps_high=a.eps_high)
+    pg = policy_loss(logp, logp_old, mb.delta, mb.response_mask)
     if mb.logp_ref is None:
         return pg, None, aggregate(pg, mb.response_mask, a.aggregation, denominator)
     kl = KL_ESTIMATORS[a.estimator](logp, mb.logp_ref)

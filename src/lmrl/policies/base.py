@@ -1,11 +1,12 @@
-"""The policy protocol the step is written against: sample(...) and logprobs(...).
+"""The policy protocol the step is written against: prepare, sample, logprobs, token budget.
 
 Shapes: prompts (B, ...) in whatever form the task uses; responses (B, G, T) token ids;
 response_mask (B, G, T), 1 on response tokens, 0 on padding; log-probs and entropy (B, G, T).
 """
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -17,15 +18,39 @@ class Rollout:
     response_mask: Tensor  # (B, G, T) 1.0 on response tokens
 
 
+@runtime_checkable
 class Policy(Protocol):
-    def sample(self, prompts: Tensor, num_samples: int, generator: torch.Generator | None = None,
+    """What the step, the trainer and the snapshots use of a model (the toy ToySortPolicy and a
+    causal LM's HFPolicy both satisfy it; tests/test_policy_protocol.py checks). A policy is
+    also a torch.nn.Module: the optimizer takes its parameters(), the reference policy is a deep
+    copy, and checkpoints hold its state_dict()."""
+
+    def prepare(self, prompts):
+        """A task's B prompts as the model conditions on them, once per step (sampling and every
+        log-prob pass share it): the toy's (B, n) tensor as is, a text task's examples
+        tokenized."""
+        ...
+
+    def sample(self, prompts, num_samples: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> Rollout:
         """G = num_samples responses per prompt; temperature 0 means greedy."""
         ...
 
-    def logprobs(self, prompts: Tensor, responses: Tensor, response_mask: Tensor,
+    def logprobs(self, prompts, responses: Tensor, response_mask: Tensor,
                  with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         """log π(a_t | s_t) of each response token, and optionally the entropy of π(· | s_t)."""
+        ...
+
+    @property
+    def token_budget(self) -> int:
+        """The most response tokens a sample may have: aggregation=constant's normaliser."""
+        ...
+
+    def parameters(self, recurse: bool = True):
+        ...
+
+    def save_to(self, run_dir: Path) -> None:
+        """Write the policy in its loadable form into a run directory, atomically."""
         ...
 
 

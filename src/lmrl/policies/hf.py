@@ -19,6 +19,7 @@ import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
+from lmrl import files
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
@@ -265,6 +267,22 @@ class HFPolicy(nn.Module):
         on_gpu = str(device).startswith("cuda")
         autocast = torch.bfloat16 if dtype == "autocast" or (dtype == "auto" and on_gpu) else None
         return cls(model.to(device), tokenizer, autocast=autocast, **kwargs)
+
+    def prepare(self, examples: "list[dict] | list[str] | PromptBatch") -> PromptBatch:
+        """A text task's examples (dicts with a "prompt", or the prompt strings themselves),
+        tokenized once for the step."""
+        if isinstance(examples, PromptBatch):
+            return self.encode(examples)
+        return self.encode([ex if isinstance(ex, str) else ex["prompt"] for ex in examples])
+
+    @property
+    def token_budget(self) -> int:
+        return self.max_new_tokens
+
+    def save_to(self, run_dir: Path) -> None:
+        """run_dir/model/ (save_pretrained: weights and tokenizer), swapped in atomically."""
+        with files.atomic_dir(Path(run_dir) / "model") as tmp:
+            self.save_pretrained(tmp)
 
     def save_pretrained(self, out_dir) -> None:
         """Model (safetensors) and tokenizer, loadable with from_pretrained."""

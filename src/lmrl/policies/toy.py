@@ -23,10 +23,13 @@ unseen (1, 4, 4).
 """
 
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from lmrl import files
 from lmrl.policies.base import Rollout, entropy_from_logits
 
 INITS = ("lecture", "scaled")
@@ -63,6 +66,19 @@ class ToySortPolicy(nn.Module):
             encoded = torch.relu(self.hidden_layer(encoded))
         decoded = torch.einsum("bh,khd->bkd", encoded, self.decode)
         return decoded @ self.embedding.weight.T
+
+    def prepare(self, prompts: Tensor) -> Tensor:
+        """The prompt tensor (B, n) is what the model conditions on."""
+        return prompts
+
+    @property
+    def token_budget(self) -> int:
+        return self.P
+
+    def save_to(self, run_dir: Path) -> None:
+        """run_dir/model.safetensors, atomically."""
+        with files.atomic_file(Path(run_dir) / "model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp)
 
     def sample(self, prompts: Tensor, num_samples: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> Rollout:

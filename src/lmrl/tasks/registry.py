@@ -41,6 +41,19 @@ class Task(Protocol):
         """Held-out eval/* metrics and a few logged samples."""
 
 
+@runtime_checkable
+class RewardSource(Protocol):
+    """One reward of a text task: a verifiable checker today (text.RewardFn around a function
+    with TRL's signature), a learned reward model next. N = B*G flat rows."""
+
+    name: str  # logged as train/reward_<name> and eval/reward_<name>
+    weight: float  # its share of the training reward
+
+    def score(self, prompts: list[str], completions: list[str],
+              columns: dict[str, list]) -> list[float]:
+        """One finite float per completion; a failure names the sample (RewardError)."""
+
+
 # What every text task reads besides its own fields: a held-out split and user reward functions.
 TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout")
 

@@ -47,6 +47,11 @@ class RewardFn:
     weight: float = 1.0
     timeout: float | None = None  # seconds one call may take; None = no limit, calling thread
 
+    def score(self, prompts: list[str], completions: list[str],
+              columns: dict[str, list]) -> list[float]:
+        """The RewardSource protocol (tasks/registry.py): call_reward on N flat rows."""
+        return call_reward(self, prompts, completions, columns)
+
 
 def load_reward_fn(spec: str, timeout: float | None = None) -> RewardFn:
     """'package.module:function[=weight]' -> RewardFn named after the function, whose calls
@@ -227,7 +232,7 @@ class TextTask:
         flat = [c for row in completions for c in row]
         columns = {k: v for k, v in flat_columns(examples, G).items() if k != "prompt"}
         # float64: a user's rewards may be large, and their weighted sum is checked for overflow.
-        return {r.name: torch.tensor(call_reward(r, prompts, flat, columns),
+        return {r.name: torch.tensor(r.score(prompts, flat, columns),
                                      dtype=torch.float64).reshape(B, G)
                 for r in self.rewards}
 
