@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
 from lmrl.tasks.sort_text import parse_int
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
@@ -120,8 +120,7 @@ class ArithmeticTask(TextTask):
 
 def _spec(name: str, op: str) -> TaskSpec:
     def build(t) -> ArithmeticTask:
-        held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
-        return ArithmeticTask(op=op, digits=t.digits, split_seed=t.split_seed, **held)
+        return ArithmeticTask(op=op, digits=t.digits, **split_args(t))
 
     return TaskSpec(
         name=name, help=f"'123{op}456=' -> the {name} result", build=build,

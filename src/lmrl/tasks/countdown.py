@@ -41,7 +41,7 @@ from fractions import Fraction
 import torch
 
 from lmrl.errors import ConfigError
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
 MAX_CHARS = 200
@@ -306,8 +306,7 @@ def _check(t, default) -> None:
 
 
 def _build(t) -> CountdownTask:
-    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
-    return CountdownTask(num_numbers=t.n, max_number=t.V, split_seed=t.split_seed, **held)
+    return CountdownTask(num_numbers=t.n, max_number=t.V, **split_args(t))
 
 
 SPEC = TaskSpec(

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from lmrl.errors import ConfigError, DataError
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
 from lmrl.tasks.text import Example, RewardFn, TextTask, data_file, read_lines
 
 R1_ZERO_PROMPT = (
@@ -242,8 +242,7 @@ def _check(t, default) -> None:
 
 
 def _build(t) -> GSM8KTask:
-    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
-    return GSM8KTask(data=t.data, heldout_data=t.heldout_data, split_seed=t.split_seed, **held)
+    return GSM8KTask(data=t.data, heldout_data=t.heldout_data, **split_args(t))
 
 
 SPEC = TaskSpec(

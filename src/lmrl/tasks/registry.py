@@ -91,5 +91,12 @@ def reject_unused(t, default, applies: bool, names: tuple[str, ...], why: str) -
                               "change the setting that disables it")
 
 
+def split_args(t) -> dict:
+    """A text task's held-out split: split_seed, and heldout_size when given (else the task's own
+    default)."""
+    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
+    return {"split_seed": t.split_seed, **held}
+
+
 def extra_rewards(t) -> str:
     return f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lmrl.tasks import sort
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
 from lmrl.tasks.sort_text import parse_int
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
@@ -87,8 +87,7 @@ def _check(t, default) -> None:
 
 
 def _build(t) -> ReverseTask:
-    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
-    return ReverseTask(n=t.n, V=t.V, split_seed=t.split_seed, **held)
+    return ReverseTask(n=t.n, V=t.V, **split_args(t))
 
 
 SPEC = TaskSpec(

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from lmrl.errors import ConfigError
 from lmrl.tasks import sort
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
 from lmrl.tasks.text import Example, RewardFn, TextTask
 
 _INT = re.compile(r"-?[0-9]+")
@@ -222,9 +222,7 @@ def _check(t, default) -> None:
 
 
 def _build(t) -> SortTextTask:
-    held = {} if t.heldout_size is None else {"heldout_size": t.heldout_size}
-    return SortTextTask(n=t.n, V=t.V, repeats=t.repeats, reward=t.reward,
-                        split_seed=t.split_seed, **held)
+    return SortTextTask(n=t.n, V=t.V, repeats=t.repeats, reward=t.reward, **split_args(t))
 
 
 SPEC = TaskSpec(
