@@ -86,7 +86,7 @@ def save(run_dir: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
     JSON dict stored beside it) and drop all but the newest `keep`."""
     tensors: dict[str, torch.Tensor] = {}
     tree = encode(state, tensors)
-    final = run_dir / DIR / f"step-{step:08d}"
+    final = step_dir(run_dir, step)
     final.parent.mkdir(exist_ok=True)
     remove_stale_temporaries(final.parent)  # what a kill during an earlier save left
     with atomic_dir(final) as tmp:
@@ -96,6 +96,15 @@ def save(run_dir: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
     for old in checkpoints(run_dir)[:-keep]:
         remove(old)
     return final
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / DIR / f"step-{step:08d}"
+
+
+def exists(run_dir: Path, step: int) -> bool:
+    """Whether a complete checkpoint of `step` is on disk (state.json is written last)."""
+    return (step_dir(run_dir, step) / STATE).is_file()
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -21,7 +21,15 @@ import tyro
 
 from lmrl import files
 from lmrl._version import __version__
-from lmrl.config import MAX_SEED, Config, ConfigError, PolicyConfig, TaskConfig, check_device
+from lmrl.config import (
+    MAX_SEED,
+    Config,
+    ConfigError,
+    PolicyConfig,
+    TaskConfig,
+    check_device,
+    require_at_least,
+)
 from lmrl.errors import NonFiniteError, RunInterrupted, UsageError, UserError
 from lmrl.presets import PRESETS
 
@@ -76,13 +84,19 @@ def resume_default(args: list[str]) -> Config | None:
     path = Path(known.run_dir or "") / "config.json"
     if not (known.resume and known.run_dir and path.is_file()):
         return None
+    return read_run_config(path, "--resume")
+
+
+def read_run_config(path: Path, flag: str) -> Config:
+    """A run's config.json, except trust_remote_code: whether to run a model's own code comes
+    only from the user's flag, never from a file on disk."""
     try:
         saved = json.loads(path.read_text())
-        saved.get("policy", {})["trust_remote_code"] = False  # never from a file on disk
+        saved.get("policy", {})["trust_remote_code"] = False
         return Config.from_dict(saved)
     except (ValueError, TypeError, AttributeError) as err:
-        raise ConfigError(f"--resume: {path} is not a config lmrl can read ({err}); pass the "
-                          "run's flags again, or start a new run") from err
+        raise ConfigError(f"{flag}: {path} is not a config lmrl can read ({err}); give a run "
+                          "directory that lmrl train wrote") from err
 
 
 def cli_parse(cls, args: list[str], prog: str, description: str, **kwargs):
@@ -182,11 +196,9 @@ def cmd_init_model(args: list[str]) -> None:
                   "task (no download).")
     if a.alphabet not in ("task", "ascii"):
         raise ConfigError(f"--alphabet {a.alphabet!r}: valid: task, ascii")
-    sizes = {"--hidden-size": a.hidden_size, "--layers": a.layers, "--heads": a.heads,
-             "--intermediate-size": a.intermediate_size or 1}
-    for flag, value in sizes.items():
-        if value < 1:
-            raise ConfigError(f"{flag}={value} must be >= 1")
+    require_at_least({"--hidden-size": (a.hidden_size, 1), "--layers": (a.layers, 1),
+                      "--heads": (a.heads, 1),
+                      "--intermediate-size": (a.intermediate_size or 1, 1)})
     if not 0 <= a.seed <= MAX_SEED:
         raise ConfigError(f"--seed={a.seed} must be in 0..{MAX_SEED}")
     files.check_output(a.out, "init-model", overwrite=a.overwrite)
@@ -239,14 +251,11 @@ def check_sft_args(a: SFTArgs) -> None:
             raise ConfigError(f"{flag}={value} must be a finite number")
     if not 0 < a.lr <= 1:
         raise ConfigError(f"--lr={a.lr} must be in (0, 1]")
-    at_least = {"--steps": (a.steps, 0), "--batch-size": (a.batch_size, 1),
-                "--eval-every": (a.eval_every, 1), "--warmup-steps": (a.warmup_steps, 0),
-                "--weight-decay": (a.weight_decay, 0), "--grad-clip": (a.grad_clip, 0),
-                "--eval-examples": (a.eval_examples, 0), "--seed": (a.seed, 0),
-                "--threads": (a.threads, 0)}
-    for flag, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"{flag}={value} must be >= {low}")
+    require_at_least({"--steps": (a.steps, 0), "--batch-size": (a.batch_size, 1),
+                      "--eval-every": (a.eval_every, 1), "--warmup-steps": (a.warmup_steps, 0),
+                      "--weight-decay": (a.weight_decay, 0), "--grad-clip": (a.grad_clip, 0),
+                      "--eval-examples": (a.eval_examples, 0), "--seed": (a.seed, 0),
+                      "--threads": (a.threads, 0)})
     if a.stop_at is not None and not 0 <= a.stop_at <= 1:
         raise ConfigError(f"--stop-at={a.stop_at} must be in [0, 1] (a held-out exact match)")
     check_device(a.device)
@@ -314,11 +323,8 @@ def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
     if not config_path.is_file():
         raise ConfigError(f"--run: {config_path} does not exist; give a run directory that "
                           "lmrl train wrote")
-    try:
-        saved = Config.from_dict(json.loads(config_path.read_text()))
-    except (ValueError, TypeError, AttributeError) as err:
-        raise ConfigError(f"--run: {config_path} is not a config lmrl can read ({err})") from err
-    # The run's file says how it sampled, never whether to run the model's code.
+    saved = read_run_config(config_path, "--run")
+    # The run's file says how it sampled; the user's flag says whether to run the model's code.
     policy = dataclasses.replace(saved.policy, trust_remote_code=a.trust_remote_code)
     if a.max_new_tokens or a.stop:
         policy = dataclasses.replace(policy, max_new_tokens=a.max_new_tokens or

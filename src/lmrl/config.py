@@ -429,9 +429,7 @@ def _check_ranges(cfg: Config) -> None:
         "task.digits": (t.digits, 1), "train.seed": (tr.seed, 0),
         "policy.dim": (p.dim, 1), "policy.hidden": (p.hidden, 0),  # 0: the linear model
     }
-    for name, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"{name}={value} must be >= {low}")
+    require_at_least(at_least)
     if tr.seed > MAX_SEED or t.split_seed > MAX_SEED:
         raise ConfigError(f"train.seed and task.split_seed must be <= {MAX_SEED}")
     if not 0.0 <= tr.min_lr_frac <= 1.0:
@@ -441,6 +439,13 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"train.lr={tr.lr} is above 1: AdamW moves every weight by about lr "
                           "per update, so the model would diverge; use e.g. 1e-4 to 1e-2")
     check_device(p.device)
+
+
+def require_at_least(limits: dict[str, tuple[float, float]]) -> None:
+    """{name: (value, lowest allowed)}: the first value below its limit is a ConfigError."""
+    for name, (value, low) in limits.items():
+        if value < low:
+            raise ConfigError(f"{name}={value} must be >= {low}")
 
 
 def check_device(device: str) -> None:

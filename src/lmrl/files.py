@@ -141,6 +141,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(directory: Path) -> None:
+    for file in directory.rglob("*"):
+        if file.is_file():
+            _fsync(file)
+
+
+def _fresh(directory: Path) -> None:
+    """An empty directory (what a killed writer left there is removed)."""
+    remove(directory)
+    directory.mkdir(parents=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to `path`, on an
@@ -167,13 +179,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     `path` (the old directory is moved aside first, then deleted), on an error it is removed."""
     path = Path(path)
     tmp, old = _temporary(path), path.with_name(f".{path.name}.old{_TMP}{os.getpid()}")
-    remove(tmp)
-    tmp.mkdir(parents=True)
+    _fresh(tmp)
     try:
         yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                _fsync(file)
+        _fsync_tree(tmp)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
@@ -191,13 +200,10 @@ def output_dir(path: str | Path, kind: str, replace: bool) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
-    remove(tmp)
-    tmp.mkdir()
+    _fresh(tmp)
     try:
         yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                _fsync(file)
+        _fsync_tree(tmp)
         claim_output(path, kind, replace=replace)
         entries = [entry.name for entry in tmp.iterdir()]
         for name in entries:

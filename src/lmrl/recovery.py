@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lmrl import checkpoint, files
 from lmrl._version import __version__
 from lmrl.config import Config, ConfigError
-from lmrl.errors import NonFiniteError, RunInterrupted
+from lmrl.errors import NonFiniteError
 from lmrl.state import TrainState
 
 
@@ -136,10 +136,10 @@ def checkpoint_due(cfg: Config, step: int, since_save: float) -> bool:
 
 def check_skips(state: TrainState, cfg: Config, metrics: dict[str, float]) -> None:
     """Say so when an update was skipped; stop after train.max_skipped in a row."""
-    stages = [s for s in ("loss", "grad") if metrics.get(f"train/skipped_nonfinite_{s}")]
-    if not stages:
+    where = " and ".join(what for key, what in (("loss", "loss"), ("grad", "gradient"))
+                         if metrics.get(f"train/skipped_nonfinite_{key}"))
+    if not where:
         return
-    where = " and ".join("loss" if s == "loss" else "gradient" for s in stages)
     tqdm.write(f"lmrl: warning: step {state.step}: non-finite {where}; update skipped "
                f"({state.skipped_in_a_row} in a row, the run stops at {cfg.train.max_skipped}; "
                f"train reward mean {metrics.get('train/reward_mean')}, lr {metrics['train/lr']:g})")
@@ -164,15 +164,12 @@ class Snapshot:
         return cls(state.step, state.optimizer_steps, state.rng_state())
 
 
-def save_after_failure(state: TrainState, cfg: Config, run_dir: Path, good: Snapshot,
-                       err: BaseException) -> None:
+def save_after_failure(state: TrainState, cfg: Config, run_dir: Path, good: Snapshot) -> None:
     """On an error, checkpoint the last good state: the state before the failed step when that
     step changed no weights yet (its random draws are rewound, so that a resumed run repeats
     it), or the state after the step when the step finished and what followed it failed
     (evaluation, logging). A step that failed between two of its μ updates leaves no consistent
     state: the newest checkpoint on disk then stands."""
-    if isinstance(err, RunInterrupted):
-        return
     if state.step == good.step and state.optimizer_steps == good.optimizer_steps:
         state.set_rng_state(good.rng)
     elif state.step != good.step + 1:

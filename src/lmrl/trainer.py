@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmrl import files
+from lmrl import checkpoint, files
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import MetricsLogger
@@ -186,9 +186,9 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
                 last_save = time.perf_counter()
             if out_of_time:
                 break
-    except BaseException as err:
-        bar.close()
-        save_after_failure(state, cfg, run_dir, good, err)
+    except BaseException:
+        bar.close()  # before save_after_failure's message
+        save_after_failure(state, cfg, run_dir, good)
         raise
     finally:
         bar.close()
@@ -211,7 +211,8 @@ def finish(state: TrainState, task, cfg: Config, run_dir: Path,
         raise NonFiniteError(f"the trained weights are non-finite ({len(bad)} tensors, e.g. "
                              f"{bad[0]}); the newest checkpoint in {run_dir / 'checkpoints'} is "
                              "the last one written. Lower the learning rate")
-    save_checkpoint(state, cfg, run_dir)
+    if not checkpoint.exists(run_dir, state.step):  # the loop's cadence may have just saved it
+        save_checkpoint(state, cfg, run_dir)
     final = last_eval or evaluate(state, task, cfg)[0]
     summary = {**final, "steps": state.step, "wall_seconds": state.wall_seconds,
                "skipped_updates": state.skipped_updates, "run_dir": str(run_dir)}

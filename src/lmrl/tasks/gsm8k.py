@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from lmrl.errors import ConfigError, DataError
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, split_args
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, describe_data, split_args
 from lmrl.tasks.text import Example, RewardFn, TextTask, data_file, read_lines
 
 R1_ZERO_PROMPT = (
@@ -249,5 +249,4 @@ SPEC = TaskSpec(
     name="gsm8k", help="GSM8K word problems (--data) in the r1-zero template -> "
                        "'... </think> <answer> 18 </answer>'",
     build=_build, check=_check, fields=("data", "heldout_data", *TEXT_FIELDS),
-    describe=lambda t: f"task: gsm8k data={t.data} held out="
-                       f"{t.heldout_data or t.heldout_size or 'task default'}{extra_rewards(t)}")
+    describe=describe_data)

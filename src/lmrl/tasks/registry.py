@@ -98,5 +98,11 @@ def split_args(t) -> dict:
     return {"split_seed": t.split_seed, **held}
 
 
+def describe_data(t) -> str:
+    """The description of a task that reads data files (gsm8k, user)."""
+    held = t.heldout_data or t.heldout_size or "task default"
+    return f"task: {t.task} data={t.data} held out={held}{extra_rewards(t)}"
+
+
 def extra_rewards(t) -> str:
     return f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lmrl.errors import ConfigError
-from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, extra_rewards, reject_unused
+from lmrl.tasks.registry import TEXT_FIELDS, TaskSpec, describe_data, reject_unused
 from lmrl.tasks.text import (
     Example,
     RewardError,
@@ -138,5 +138,4 @@ SPEC = TaskSpec(
     name="user", help="your data file's prompt column -> what your --reward-fns score",
     build=_build, check=_check, fields=("data", "heldout_data", *TEXT_FIELDS),
     own_reward_fns=True,
-    describe=lambda t: f"task: user data={t.data} held out="
-                       f"{t.heldout_data or t.heldout_size or 'task default'}{extra_rewards(t)}")
+    describe=describe_data)
