@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch, installed only when the venv has no torch yet (a GPU user's torch is kept).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint clean bench
+.PHONY: setup demo test test-slow test-all lint clean bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,20 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/lmrl train --run-dir runs/demo --overwrite
 
+# Tests run in parallel processes (pytest-xdist), one per core up to 4; `make test WORKERS=0` runs
+# them in this process. `make test` is the fast tier; the slow tier (`-m slow`: learning targets,
+# torch.compile, killed subprocesses) runs in `make test-slow`, and both in `make test-all` and CI.
+WORKERS ?= auto
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --maxprocesses 4)
+
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(XDIST)
 
 test-all: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # lmrl vs TRL's GRPOTrainer and the matmul ceiling (bench/README.md); about an hour on 2 cores.
 $(VENV)/.bench-installed: $(VENV)/.installed

@@ -140,6 +140,7 @@ def test_resume_recovers_from_a_half_written_metrics_line(case, resources, tmp_p
 SUBPROCESS_CASES = ["lr_nan", "data_invalid_utf8_line3", "reward_spec_no_module"]
 
 
+@pytest.mark.slow  # three subprocesses; test_config's subprocess case stays fast
 def test_real_process_exits_2_without_traceback(resources):
     """The exit code and stderr a shell sees (main's SystemExit, no traceback), three cases."""
     src_dir = Path(lmrl.__file__).resolve().parents[1]

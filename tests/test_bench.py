@@ -134,6 +134,7 @@ def check_smoke_report(out: Path, libs: set[str]) -> dict:
     return report
 
 
+@pytest.mark.slow  # a whole bench run, ~12 s
 def test_smoke_without_trl_skips_it_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vs_trl, "trl_missing", lambda: "not importable: trl")
     report = vs_trl.main(["--smoke", "--out", str(tmp_path)])
@@ -177,6 +178,7 @@ def test_shared_prompt_flops_equal_the_standard_pass_for_one_sample_per_prompt()
     assert shared["sample"] == full["sample"] and shared["ref"] < full["ref"]
 
 
+@pytest.mark.slow  # two variants' steps, ~5 s
 def test_ab_step_runs_two_variants_interleaved(tmp_path):
     """bench/ab_step.py end to end on a 2-layer model, eager, one timed step per variant."""
     from lmrl.modelzoo import init_model, task_alphabet

@@ -31,6 +31,7 @@ def grads(policy: HFPolicy, rollout) -> tuple[torch.Tensor, dict[str, torch.Tens
     return logp.detach(), {n: p.grad.clone() for n, p in policy.model.named_parameters()}
 
 
+@pytest.mark.slow  # torch.compile: ~20 s of compiling
 def test_compiled_policy_samples_scores_and_differentiates_like_eager(tmp_path):
     path = save(tmp_path, model("llama"))  # grouped-query attention, rope scaling
     eager = HFPolicy.from_pretrained(path, max_new_tokens=6, forward="lmrl")
@@ -97,6 +98,7 @@ def test_rope_table_is_the_models_rotary_embedding_at_each_position():
     assert torch.allclose(cos[positions], want_cos) and torch.allclose(sin[positions], want_sin)
 
 
+@pytest.mark.slow  # torch.compile: ~6 s of compiling
 def test_compiled_bf16_autocast_is_as_close_to_float32_as_eager_autocast(tmp_path):
     """dtype autocast compiled: bf16 matmuls, so compare errors against the float32 pass; a
     wrong gradient (relative error ~1, as the inplace_buffers bug gave) cannot hide in that."""

@@ -3,7 +3,7 @@ resumed run equals an uninterrupted one metric by metric; non-finite numbers are
 counted; nothing lmrl loads can run code.
 
 The killed runs are subprocesses (a real SIGKILL / SIGTERM / SIGINT at a random step, its seed
-printed in the test id); the uninterrupted and the resumed runs run in this process, with the
+printed in the test id; LMRL_TEST_SEED=<seed> repeats it); the uninterrupted and the resumed runs run in this process, with the
 same single thread, so the metrics must be equal exactly.
 """
 
@@ -100,10 +100,24 @@ def kill_and_resume(tmp_path: Path, args: list[str], sig: int, kill_step: int) -
             assert (killed / name).read_bytes() == (straight / name).read_bytes()
 
 
-SEED = random.randrange(10**6)
+def draw_seed() -> int:
+    """A fresh seed per test session, shown in the test ids. The same in every pytest-xdist
+    worker of one session (they must collect the same ids); LMRL_TEST_SEED repeats one."""
+    if "LMRL_TEST_SEED" in os.environ:
+        return int(os.environ["LMRL_TEST_SEED"])
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return int(run_id, 16) % 10**6 if run_id else random.randrange(10**6)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+SEED = draw_seed()
+
+
+# One kill of each kind runs in `make test` (toy SIGTERM, LM SIGINT); the rest in the slow tier.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=SLOW), signal.SIGTERM,
+                                 pytest.param(signal.SIGINT, marks=SLOW)],
                          ids=lambda s: f"{signal.Signals(s).name}-seed{SEED}")
 def test_toy_killed_at_a_random_step_resumes_to_the_same_run(tmp_path, sig):
     rng = random.Random(SEED + sig)
@@ -114,7 +128,8 @@ def test_toy_killed_at_a_random_step_resumes_to_the_same_run(tmp_path, sig):
                     kill_step)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=SLOW),
+                                 pytest.param(signal.SIGTERM, marks=SLOW), signal.SIGINT],
                          ids=lambda s: f"{signal.Signals(s).name}-seed{SEED}")
 def test_causal_lm_killed_at_a_random_step_resumes_to_the_same_run(tmp_path, tiny_lm, sig):
     kill_step = random.Random(SEED + sig).randrange(3, 9)

@@ -120,6 +120,7 @@ def test_cli_train_and_plot_end_to_end(tmp_path):
     assert (tmp_path / "overlay.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # a subprocess run; test_config checks the preset in-process
 def test_cli_lecture_preset_reports_training_prompts(tmp_path):
     done = run_cli("train", "--preset", "lecture", "--steps", "5", "--run-dir", "lec",
                    "--no-progress", cwd=tmp_path)
