@@ -3,8 +3,8 @@ resumed run equals an uninterrupted one metric by metric; non-finite numbers are
 counted; nothing lmrl loads can run code.
 
 The killed runs are subprocesses (a real SIGKILL / SIGTERM / SIGINT at a random step, its seed
-printed in the test id; LMRL_TEST_SEED=<seed> repeats it); the uninterrupted and the resumed runs run in this process, with the
-same single thread, so the metrics must be equal exactly.
+printed in the test id; LMRL_TEST_SEED=<seed> repeats it); the uninterrupted and the resumed
+runs run in this process, with the same single thread, so the metrics must be equal exactly.
 """
 
 import copy

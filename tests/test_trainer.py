@@ -152,6 +152,17 @@ def test_resume_refuses_a_changed_algorithm(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_sweep_grid_keeps_registry_names_as_strings():
+    """Fields whose --help is built from a registry (Annotated[str, ...]) still parse as str,
+    whatever words their help text holds."""
+    from lmrl.sweep import parse_grid
+
+    grid = parse_grid(Config(), ["task=sort,reverse", "aggregation=constant",
+                                 "kl_estimator=k2,none", "schedule=linear", "forward=lmrl"])
+    assert grid == {"task": ["sort", "reverse"], "aggregation": ["constant"],
+                    "kl_estimator": ["k2", None], "schedule": ["linear"], "forward": ["lmrl"]}
+
+
 def test_sweep_grid_reaches_log_fields_and_optional_floats(tmp_path):
     from lmrl.sweep import parse_grid
 

@@ -8,15 +8,19 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+import tyro
 
 from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, RATIO_LEVELS
+from lmrl.optim import SCHEDULES
 from lmrl.policies.lean import FORWARDS  # policy.forward's choices
 from lmrl.policies.toy import INITS
 from lmrl.tasks import TASKS as TASK_SPECS
+from lmrl.tasks.sort import REWARDS as SORT_REWARDS
 
 TASKS = tuple(TASK_SPECS)  # the task registry (lmrl/tasks/__init__.py) names them
 TEXT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.text)
@@ -24,8 +28,15 @@ DTYPES = ("auto", "float32", "autocast", "bfloat16")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
-SCHEDULES = ("constant", "cosine", "linear")
 LOGGERS = ("jsonl", "tensorboard")
+
+
+def valid(text: str, registry) -> tyro.conf.arg:
+    """--help text (`text`) ending in "Valid:" and the registry's own names, each with its help
+    line where the entry has one: the list cannot drift from the code."""
+    entries = registry.items() if isinstance(registry, dict) else ((n, None) for n in registry)
+    names = [f"{n} ({e.help})" if getattr(e, "help", None) else n for n, e in entries]
+    return tyro.conf.arg(help=f"{text} Valid: {', '.join(names)}.")
 
 
 def _choice(group: str, name: str, value: str, valid) -> None:
@@ -35,10 +46,8 @@ def _choice(group: str, name: str, value: str, valid) -> None:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    task: str = "sort"
-    """Task to train on (the registry: lmrl/tasks/__init__.py). sort: the seed's toy task
-    (model=toy); text tasks (a causal LM): sort_text, addition, multiplication, countdown, gsm8k,
-    user (your own data file), reverse."""
+    task: Annotated[str, valid("Task to train on (the registry: lmrl/tasks/__init__.py); all but "
+                               "sort train a causal LM.", TASK_SPECS)] = "sort"
     n: int = 6
     """Numbers per prompt (sort, sort_text, reverse); numbers given (countdown)."""
     V: int = 10
@@ -67,9 +76,8 @@ class TaskConfig:
     """Keep the constant prompts (0,0,..), (1,1,..) in the training split (prompts=all)."""
     split_seed: int = 0
     """Seed of the train/held-out split (independent of the training seed)."""
-    reward: str = "positional"
-    """Training reward of sort / sort_text. Valid: exact_match, positional, inclusion_adjacency,
-    inclusion_adjacency_multiset."""
+    reward: Annotated[str, valid("Training reward of sort / sort_text.", SORT_REWARDS)] = \
+        "positional"
     reward_timeout: float = 60.0
     """Seconds one call of a user reward function (--reward-fns) may take before the run stops
     with an error naming the function and the batch (0 = no limit)."""
@@ -102,10 +110,11 @@ class PolicyConfig:
     """Attention kernel passed to transformers (sdpa, eager, ...; auto: the model's default).
     Try eager for tiny models on a CPU, sdpa to save memory on long sequences (measured in
     bench/README.md). Only used by forward=transformers."""
-    forward: str = "auto"
-    """Which code runs the model. lmrl: lmrl's own pass over the model's parameters, with
-    fused q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window);
-    transformers: the model's own forward; auto: lmrl's on a CPU when supported."""
+    forward: Annotated[str, valid(
+        "Which code runs the model. lmrl: lmrl's own pass over the model's parameters, with fused "
+        "q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window); "
+        "transformers: the model's own forward; auto: lmrl's on a CPU when supported.",
+        FORWARDS)] = "auto"
     compile: bool = False
     """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
     log-prob pass (forward and backward), with fused elementwise ops. The first step compiles
@@ -125,34 +134,28 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    delta: str = "normalized"
-    """How rewards become Δ (mean, std: over the prompt's group; the registry: lmrl/deltas.py).
-    Valid: raw (R), centered (R - mean), normalized ((R - mean) / (std + eps)), max_only (R where
-    R is the group's maximum, else 0), rloo (R - mean of the other samples)."""
+    delta: Annotated[str, valid("How rewards become Δ (mean, std: over the prompt's group; the "
+                                "registry: lmrl/deltas.py).", DELTAS)] = "normalized"
     norm_eps: float = 1e-6
     """eps in normalized deltas (R - mean) / (std + eps)."""
-    loss: str = "clipped"
-    """Policy loss (the registry: lmrl/losses.py). Valid: naive (-Δ log π), unclipped (-rΔ),
-    clipped (-min(rΔ, clip(r)Δ))."""
+    loss: Annotated[str, valid("Policy loss (the registry: lmrl/losses.py).", LOSSES)] = "clipped"
     clip_eps: float = 0.2
     """Clip range ε: r is clipped to [1-ε, 1+ε]."""
     clip_eps_low: float | None = None
     """Separate lower ε (defaults to clip_eps)."""
     clip_eps_high: float | None = None
     """Separate upper ε (defaults to clip_eps)."""
-    ratio_level: str = "token"
-    """Importance ratio per token (GRPO) or per response (the seed's π(A|S)/π_old(A|S)).
-    Valid: token, sequence."""
+    ratio_level: Annotated[str, valid("Importance ratio per token (GRPO) or per response (the "
+                                      "seed's π(A|S)/π_old(A|S)).", RATIO_LEVELS)] = "token"
     kl_weight: float = 0.1
     """λ in L = L_pg + λ·KL(π || π_ref); 0 disables the reference policy entirely."""
-    kl_estimator: str | None = None
-    """Per-token KL estimator (default k3 when kl_weight > 0). Valid: k1, k2, k3."""
+    kl_estimator: Annotated[str | None, valid("Per-token KL estimator (default k3 when "
+                                              "kl_weight > 0).", KL_ESTIMATORS)] = None
     ref_refresh: int = 0
     """Copy the policy into the reference every M steps; 0 = never (KL to the initial policy)."""
     mu: int = 1
     """Gradient steps on each sampled batch (μ); logp_old is stored once per batch."""
-    aggregation: str = "token_mean"
-    """Loss reduction. Valid: token_mean, sequence_mean, constant."""
+    aggregation: Annotated[str, valid("Loss reduction.", AGGREGATIONS)] = "token_mean"
 
     @property
     def eps_low(self) -> float:
@@ -175,8 +178,7 @@ class TrainConfig:
     """Samples per prompt (the group)."""
     lr: float | None = None
     """Peak learning rate (AdamW); default 3e-3 for the toy model, 2e-4 for causal LMs."""
-    schedule: str = "cosine"
-    """Learning-rate schedule after warm-up. Valid: constant, cosine, linear."""
+    schedule: Annotated[str, valid("Learning-rate schedule after warm-up.", SCHEDULES)] = "cosine"
     min_lr_frac: float = 0.05
     """Final learning rate as a fraction of lr (cosine, linear)."""
     warmup_steps: int = 0
@@ -226,7 +228,8 @@ class LogConfig:
     keep_checkpoints: int = 2
     """Keep this many of the newest checkpoints (checkpoints/step-N/); older ones are removed."""
     resume: bool = False
-    """Resume from run_dir/checkpoint.pt."""
+    """Resume from the newest checkpoint in run_dir/checkpoints/ (the run's config.json is the
+    default config; flags given change it where resuming allows)."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import dataclasses
 import difflib
 import itertools
 import json
+import typing
 from pathlib import Path
 
 from lmrl import files
@@ -36,7 +37,7 @@ TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
 def parse_value(cfg: Config, name: str, text: str):
     """Convert a grid value to the field's declared type (`float | None` -> float or None)."""
     group = getattr(cfg, field_group(cfg, name))
-    declared = next(f.type for f in dataclasses.fields(group) if f.name == name)
+    declared = typing.get_type_hints(type(group))[name]  # Annotated[...] help text stripped
     kinds = str(declared)
     expected = getattr(declared, "__name__", kinds)  # "int", "float | None"
     if text.lower() == "none" and "None" in kinds:

@@ -1,9 +1,9 @@
 """Thread settings, decided per workload rather than left to chance.
 
-The toy model's ops are a few microseconds each. On the 2-core machine (bench/threads.py,
-bench/README.md) two threads saved at most 9% on an idle machine but made a step 3x slower as
-soon as one other process was busy, because OpenMP's spinning threads fight over the second
-core; OMP_WAIT_POLICY=PASSIVE fixed that but cost 2.5x when idle. One intra-op thread never
+The toy model's ops are a few microseconds each. On a 2-core machine two threads saved little
+when idle but made a step several times slower as soon as one other process was busy, because
+OpenMP's spinning threads fight over the second core; OMP_WAIT_POLICY=PASSIVE fixed that but
+cost more when idle (the numbers: bench/README.md, `threads.py`). One intra-op thread never
 enters an OpenMP parallel region, so it is immune to the wait policy: the toy uses one.
 """
 

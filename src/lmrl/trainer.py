@@ -164,7 +164,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             logger.log(0, last_eval)
             sample_log.write(0, samples)
         while state.step < cfg.train.steps and stop.signum is None:
-            good = Snapshot.of(state)  # ~45 µs, for save_after_failure
+            good = Snapshot.of(state)  # step, update count, RNG states: for save_after_failure
             metrics = grpo_step(state, task, cfg)
             elapsed = time.perf_counter() - t_start
             state.wall_seconds = base_wall + elapsed

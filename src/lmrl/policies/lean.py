@@ -192,8 +192,8 @@ def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
 # Attention tiles up to this many (query, key) pairs per head are computed as broadcast
 # products and sums inside torch.compile'd code (`attend(small=True)`; eager code would
 # materialise the products): inductor fuses them into a few loops, where a batched matmul
-# makes one tiny GEMM call per (row, head). On 2 CPU cores, tiny model (B=16, G=8, 4 heads of
-# 32): 9% off a compiled step, 132.9 -> 121.0 ms (bench/README.md, "Small attention tiles").
+# makes one tiny GEMM call per (row, head). Larger tiles keep the matmul, the right tool there
+# (measured in bench/README.md, "Small attention tiles").
 SMALL_TILE = 1024
 
 
