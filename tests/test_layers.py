@@ -78,9 +78,9 @@ def test_importing_the_math_loads_no_trainer_plotting_or_transformers():
 def test_train_is_still_importable_from_the_package():
     import lmrl
     from lmrl import Config, train
-    from lmrl.trainer import train as trainer_train
+    from lmrl.api import train as api_train
 
-    assert train is trainer_train and lmrl.train is trainer_train and Config is lmrl.Config
+    assert train is api_train and lmrl.train is api_train and Config is lmrl.Config
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         lmrl.nope  # noqa: B018
 

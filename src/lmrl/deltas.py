@@ -12,6 +12,9 @@ Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
 - Group-baseline deltas (centered, normalized, rloo) of a group with equal rewards are exactly 0:
   the centered numerator is set to 0 for such groups (a float mean can be one ulp off), and the
   normalized one divides that 0 by (std + eps), never 0 by 0.
+- A reward of nan marks a sample that no reward function scored (TRL's None): as in TRL, it is
+  left out of its group's statistics (the delta is computed over the group's scored samples
+  only) and its Δ is 0. A group-baseline delta with fewer than 2 scored samples is 0 there.
 """
 
 from collections.abc import Callable
@@ -89,8 +92,18 @@ GROUP_BASELINE = {name for name, spec in DELTAS.items() if spec.needs_group}
 
 
 def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dispatch by name; eps goes only to the deltas that read it (normalized)."""
+    """Dispatch by name; eps goes only to the deltas that read it (normalized). nan rewards
+    (unscored samples) get Δ = 0 and stay out of their group's statistics."""
     if name not in DELTAS:
         raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
     spec = DELTAS[name]
-    return spec.fn(rewards, eps=eps) if spec.reads_eps else spec.fn(rewards)
+    settings = {"eps": eps} if spec.reads_eps else {}
+    scored = ~rewards.isnan()
+    if bool(scored.all()):
+        return spec.fn(rewards, **settings)
+    delta = torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):  # groups differ in size: one at a time (rare)
+        keep = scored[b]
+        if int(keep.sum()) >= (2 if spec.needs_group else 1):
+            delta[b, keep] = spec.fn(rewards[b, keep][None], **settings)[0]
+    return delta

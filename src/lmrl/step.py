@@ -31,6 +31,7 @@ from lmrl.losses import (
 )
 from lmrl.state import TrainState
 from lmrl.stopwatch import Stopwatch
+from lmrl.tasks.registry import at_step
 
 if TYPE_CHECKING:
     from lmrl.policies.hf import PromptBatch
@@ -120,8 +121,9 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         with torch.no_grad():
             rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
     with clock("reward"):
+        at_step(task, state.step, tr.steps)
         rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
-        if not bool(torch.isfinite(rewards).all()):  # text tasks name the function; a net
+        if bool(rewards.isinf().any()):  # text tasks name the function; a net. nan: unscorable
             raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
@@ -291,4 +293,30 @@ def reward_metrics(batch: Batch, task) -> dict[str, float]:
     out.update({f"train/reward_{name}": v.float().mean().item() for name, v in table.items()})
     if batch.truncated is not None:
         out["train/truncated_frac"] = batch.truncated.float().mean().item()
+    if bool(rewards.isnan().any()):  # a TRL-style None: the statistics of what was scored
+        out.update(scored_metrics(rewards, table))
+    logged = getattr(task, "logged", None)  # what reward functions sent to log_metric
+    out.update({f"train/{name}": sum(v) / len(v) for name, v in (logged.metrics.items()
+                                                                 if logged else ()) if v})
+    return out
+
+
+def scored_metrics(rewards: Tensor, table: dict[str, Tensor]) -> dict[str, float]:
+    """reward_metrics' reward statistics over the samples some reward function scored, for a
+    batch where some returned None (nan); train/unscorable_frac counts the rest."""
+    scored = ~rewards.isnan()
+    values = rewards[scored]
+    low = rewards.masked_fill(~scored, math.inf).amin(dim=-1)
+    high = rewards.masked_fill(~scored, -math.inf).amax(dim=-1)
+    any_scored = scored.any(dim=-1)
+    out = {
+        "train/unscorable_frac": 1.0 - scored.float().mean().item(),
+        "train/reward_mean": values.mean().item() if len(values) else math.nan,
+        "train/reward_std": values.std().item() if len(values) > 1 else 0.0,
+        "train/reward_group_max": high[any_scored].mean().item() if any_scored.any()
+        else math.nan,
+        # A group with at most one distinct scored value gives no gradient.
+        "train/flat_group_frac": (~any_scored | (high == low)).float().mean().item(),
+    }
+    out.update({f"train/reward_{name}": v.float().nanmean().item() for name, v in table.items()})
     return out

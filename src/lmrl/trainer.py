@@ -40,7 +40,7 @@ from lmrl.recovery import (
 from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
 from lmrl.tasks import build_task as build_task_from
-from lmrl.tasks.registry import Task
+from lmrl.tasks.registry import Task, at_step
 from lmrl.threads import configure_threads
 
 
@@ -55,6 +55,7 @@ def build_task(cfg: Config):
 def evaluate(state: TrainState, task: Task, cfg: Config) -> tuple[dict[str, float], list[dict]]:
     """Held-out metrics and (text tasks) a few sample completions."""
     state.policy.eval()
+    at_step(task, state.step, cfg.train.steps)  # reward functions see the evaluated step
     metrics, samples = task.evaluate(state.policy, state.eval_generator,
                                      num_samples=cfg.log.eval_samples, group_size=cfg.train.G,
                                      max_examples=cfg.log.eval_limit or None,

@@ -29,8 +29,13 @@ class Task(Protocol):
     def sample_prompts(self, B: int, generator) -> Any:
         """B training prompts: a (B, n) tensor, or B examples (dicts with a "prompt")."""
 
+    def at_step(self, step: int, steps: int) -> None:
+        """Called before each step's scoring: the step number (text tasks pass it to reward
+        functions as trainer_state)."""
+
     def score_rollout(self, prompts, rollout) -> tuple[Any, dict[str, Any]]:
-        """The training reward (B, G) and every reward function's own table {name: (B, G)}."""
+        """The training reward (B, G) and every reward function's own table {name: (B, G)}; nan
+        marks a sample no reward function scored (TRL's None), whose Δ is 0."""
 
     def correct(self, table: dict[str, Any]) -> Any:
         """0/1 correctness (B, G) from a reward table."""
@@ -49,9 +54,19 @@ class RewardSource(Protocol):
     name: str  # logged as train/reward_<name> and eval/reward_<name>
     weight: float  # its share of the training reward
 
-    def score(self, prompts: list[str], completions: list[str],
-              columns: dict[str, list]) -> list[float]:
-        """One finite float per completion; a failure names the sample (RewardError)."""
+    def score(self, prompts: list, completions: list[str], columns: dict[str, list],
+              context: Any = None) -> list[float]:
+        """One float per completion: finite, or nan for "does not apply" (TRL's None); a failure
+        names the sample (RewardError). `context` carries completion_ids, the step and the
+        log_metric / log_extra sinks (text.RewardContext)."""
+
+
+def at_step(task, step: int, steps: int) -> None:
+    """Task.at_step when the task has it: an optional hook, so that a task written before it
+    (or one whose rewards ignore the step) still runs."""
+    hook = getattr(task, "at_step", None)
+    if hook is not None:
+        hook(step, steps)
 
 
 # What every text task reads besides its own fields: a held-out split and user reward functions.

@@ -194,6 +194,9 @@ class SortTask:
         """Reward of each response. (B, n), (B, G, n) -> (B, G)."""
         return REWARDS[name or self.reward](prompts, responses)
 
+    def at_step(self, step: int, steps: int) -> None:
+        """The Task protocol's step hook: the toy's rewards do not depend on the step."""
+
     def score_rollout(self, prompts: Tensor, rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """Training reward (B, G) and every reward of the seed, for logging."""
         table = {name: fn(prompts, rollout.responses) for name, fn in REWARDS.items()}
