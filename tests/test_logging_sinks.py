@@ -97,6 +97,7 @@ def wandb_run(run_dir: Path, run_id: str) -> tuple[dict, dict[int, dict], list[P
     return config, history, folders
 
 
+@pytest.mark.slow  # importing wandb and starting its service: ~3 s
 def test_wandb_offline_run_has_the_config_metrics_and_completions(tmp_path, tiny_lm,
                                                                   wandb_offline):
     run_dir = tmp_path / "run"
@@ -127,7 +128,7 @@ def test_wandb_resume_continues_the_same_run(tmp_path, tiny_lm, wandb_offline):
     run(run_dir, tiny_lm, "wandb", steps=3, resume=True)
     assert json.loads((run_dir / RUN_IDS).read_text())["wandb"] == run_id
     _, history, folders = wandb_run(run_dir, run_id)
-    assert len(folders) == 2  # offline: one folder per start; `wandb sync` joins them
+    assert len(folders) == 2  # offline: one folder per session, both with the run's id
     assert sorted(history) == [0, 1, 2, 3]
     assert history[3]["train/reward_mean"] == read_metrics(run_dir)[-1]["train/reward_mean"]
 
@@ -146,6 +147,7 @@ def mlflow_client(monkeypatch):
     return lambda run_dir: MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
 
 
+@pytest.mark.slow  # importing mlflow: ~2 s
 def test_mlflow_file_store_has_the_params_metrics_and_completions(tmp_path, tiny_lm,
                                                                   mlflow_client):
     run_dir = tmp_path / "run"

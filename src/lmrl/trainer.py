@@ -10,6 +10,8 @@ Run directory:
     model.safetensors toy policy weights (of the newest checkpoint)
     model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
     checkpoints/      step-N/: the full TrainState in safetensors + JSON (resume with --resume)
+    tensorboard/, wandb/, mlruns/, logger_runs.json
+                      --logger sinks' files; logger_runs.json: W&B / MLflow run ids
     .lmrl             the marker that makes it an lmrl run directory (files.py)
 """
 
