@@ -214,3 +214,24 @@ def test_a_missing_package_is_one_error_naming_the_extra(sink, tmp_path, monkeyp
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"lmrl: error: --logger {sink} needs ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_tracking_uri_and_experiment_come_from_the_environment(tmp_path, mlflow_client,
+                                                                      monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "elsewhere"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    logger = MetricsLogger(run_dir, "mlflow", config={"train": {"lr": 0.1}})
+    logger.log(1, {"train/reward_mean": 0.25})
+    logger.close()
+    assert not (run_dir / "mlruns").exists()
+    client = MlflowClient(tracking_uri=store.as_uri())
+    found = client.get_run(json.loads((run_dir / RUN_IDS).read_text())["mlflow"])
+    assert client.get_experiment(found.info.experiment_id).name == "mine"
+    assert found.data.params == {"train.lr": "0.1"}
+    assert found.data.metrics == {"train/reward_mean": 0.25}
