@@ -15,6 +15,7 @@ import tyro
 
 from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
+from lmrl.logging import LOGGERS, sink_names
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, RATIO_LEVELS
 from lmrl.optim import SCHEDULES
 from lmrl.policies.lean import FORWARDS  # policy.forward's choices
@@ -28,7 +29,6 @@ DTYPES = ("auto", "float32", "autocast", "bfloat16")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
-LOGGERS = ("jsonl", "tensorboard")
 
 
 def valid(text: str, registry) -> tyro.conf.arg:
@@ -216,8 +216,8 @@ class LogConfig:
     """Evaluate on at most this many held-out examples (0 = all). Text tasks only."""
     log_samples: int = 4
     """Held-out completions written to samples.jsonl and printed at each evaluation."""
-    logger: str = "jsonl"
-    """jsonl (always written) or tensorboard (also writes TensorBoard events)."""
+    logger: Annotated[str, valid("Metrics sinks, several joined by commas (tensorboard,wandb); "
+                                 "metrics.jsonl is always written.", LOGGERS)] = "jsonl"
     progress: bool = True
     """Show a progress bar."""
     save_every: int = 500
@@ -366,7 +366,8 @@ def validate(cfg: Config) -> None:
     if a.kl_estimator is not None:
         _choice("algo", "kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     _choice("train", "schedule", tr.schedule, SCHEDULES)
-    _choice("log", "logger", lg.logger, LOGGERS)
+    for name in sink_names(lg.logger):
+        _choice("log", "logger", name, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     if tr.G < 2 and DELTAS[a.delta].needs_group:
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "

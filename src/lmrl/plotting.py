@@ -66,9 +66,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path, metric: str = "eval/exact_match",
-              labels: list[str] | None = None) -> Path:
-    """Overlay one metric of several runs. A metric no run logged is a UserError listing the
-    ones they did; runs without it are left out with a note."""
+              labels: list[str] | None = None, groups: list[str] | None = None) -> Path:
+    """Overlay one metric of several runs (`groups`: see runs_figure). A metric no run logged is
+    a UserError listing the ones they did; runs without it are left out with a note."""
     runs = [run_metrics(run_dir) for run_dir in run_dirs]
     has = [bool(series(rows, metric)[0]) for rows in runs]
     if not any(has):
@@ -80,14 +80,56 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, metric: str = "eval/e
         missing = [str(d) for d, h in zip(run_dirs, has, strict=True) if not h]
         print(f"note: {', '.join(missing)} did not log {metric!r}; plotting the other runs",
               file=sys.stderr)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (run_dir, rows) in enumerate(zip(run_dirs, runs, strict=True)):
-        if has[i]:
-            label = labels[i] if labels else Path(run_dir).name
-            ax.plot(*series(rows, metric), "o-" if metric.startswith("eval/") else "-",
-                    label=label, markersize=3)
+    labels = labels or [Path(run_dir).name for run_dir in run_dirs]
+    kept = [i for i, h in enumerate(has) if h]
+    return save(runs_figure([runs[i] for i in kept], metric, [labels[i] for i in kept],
+                            [groups[i] for i in kept] if groups else None), Path(out))
+
+
+def runs_figure(runs: list[list[dict]], metric: str, labels: list[str],
+                groups: list[str] | None = None):
+    """One line per run: coloured by its group (a sweep's configuration; without groups every
+    run is its own), dashed and marked by its place in the group (the seed)."""
+    styles = line_styles(groups or labels)
+    fig, ax = plt.subplots(figsize=(7 + 2 * (len(runs) > 10), 4.5))
+    evaluated = metric.startswith("eval/")
+    for rows, label, style in zip(runs, labels, styles, strict=True):
+        ax.plot(*series(rows, metric), label=label, markersize=3, color=style["color"],
+                linestyle=style["linestyle"], marker=style["marker"] if evaluated else None)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
-    ax.legend(fontsize=8)
+    if len(runs) > 10:  # beside the axes, where it hides no line
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+                  ncol=1 + len(runs) // 25)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    return save(fig, Path(out))
+    return fig
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # with LINESTYLES: 28 distinct seeds
+
+
+def line_styles(groups: list[str]) -> list[dict]:
+    """Per run, the colour of its group and the line style and marker of its place in it."""
+    order = list(dict.fromkeys(groups))
+    colors = palette(len(order))
+    places: dict[str, int] = {}
+    styles = []
+    for group in groups:
+        place = places[group] = places.get(group, -1) + 1
+        styles.append({"color": colors[order.index(group)],
+                       "linestyle": LINESTYLES[place % len(LINESTYLES)],
+                       "marker": MARKERS[place % len(MARKERS)]})
+    return styles
+
+
+def palette(n: int) -> list[tuple]:
+    """n distinct colours: tab10's, then tab20's (its 10 dark hues first, so that neighbours
+    differ in hue, then the light ones), then evenly spaced along turbo."""
+    tab20 = matplotlib.colormaps["tab20"].colors
+    for colors in (matplotlib.colormaps["tab10"].colors, tab20[0::2] + tab20[1::2]):
+        if n <= len(colors):
+            return [tuple(c) for c in colors[:n]]
+    return [tuple(matplotlib.colormaps["turbo"](i / (n - 1))) for i in range(n)]

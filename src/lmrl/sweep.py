@@ -4,6 +4,7 @@ import dataclasses
 import difflib
 import itertools
 import json
+import statistics
 import typing
 from pathlib import Path
 
@@ -113,12 +114,14 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], out_dir: st
     files.write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
     files.write_text(out_dir / "table.md", markdown_table(results, names))
     plot_runs([r["run_dir"] for r in results], out_dir / "comparison.png",
-              labels=[f"{r['label']} s{r['seed']}" for r in results])
+              labels=[f"{r['label']} s{r['seed']}" for r in results],
+              groups=[r["label"] for r in results])
     return results
 
 
 def markdown_table(results: list[dict], names: list[str]) -> str:
-    """One row per setting: mean over seeds of the final held-out metrics."""
+    """One row per setting: the final held-out metrics over its seeds, as mean ± sample std
+    [min, max] (one seed: its value), so that a difference can be told from seed noise."""
     rows: dict[str, list[dict]] = {}
     for r in results:
         rows.setdefault(r["label"], []).append(r)
@@ -126,7 +129,16 @@ def markdown_table(results: list[dict], names: list[str]) -> str:
     head = "| " + " | ".join(names + ["seeds"] + cols) + " |"
     lines = [head, "|" + "---|" * (len(names) + 1 + len(cols))]
     for group in rows.values():
-        means = [sum(r[c] for r in group) / len(group) for c in cols]
-        cells = [str(group[0][n]) for n in names] + [str(len(group))] + [f"{m:.3f}" for m in means]
+        cells = [str(group[0][n]) for n in names] + [str(len(group))]
+        cells += [spread([r[c] for r in group]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = "\nEach cell: mean ± sample standard deviation [min, max] over the seeds.\n"
+    return "\n".join(lines) + "\n" + note
+
+
+def spread(values: list[float]) -> str:
+    """[0.5, 0.7, 0.9] -> "0.700 ± 0.200 [0.500, 0.900]"; one value -> "0.500"."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} "
+            f"[{min(values):.3f}, {max(values):.3f}]")

@@ -10,6 +10,8 @@ Run directory:
     model.safetensors toy policy weights (of the newest checkpoint)
     model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
     checkpoints/      step-N/: the full TrainState in safetensors + JSON (resume with --resume)
+    tensorboard/, wandb/, mlruns/, logger_runs.json
+                      --logger sinks' files; logger_runs.json: W&B / MLflow run ids
     .lmrl             the marker that makes it an lmrl run directory (files.py)
 """
 
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from lmrl import checkpoint, files
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
-from lmrl.logging import MetricsLogger
+from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
 from lmrl.plotting import plot_run
 from lmrl.recovery import (
     Snapshot,
@@ -93,7 +95,8 @@ class SampleLog:
 
 
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
-               "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt")
+               "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
+               "wandb", "mlruns", RUN_IDS)
 
 
 def default_run_dir() -> str:
@@ -113,6 +116,7 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     data and the model load, and only then is the run directory created or (--overwrite) the
     old run in it replaced, so a run that cannot start destroys nothing."""
     configure_threads(cfg.train.threads, "toy" if cfg.is_toy else "lm")
+    check_installed(cfg.log.logger)
     run_dir = Path(cfg.log.run_dir or default_run_dir())
     files.check_output(run_dir, "train", overwrite=cfg.log.overwrite, resume=cfg.log.resume,
                        inputs=model_inputs(cfg))
@@ -150,8 +154,7 @@ def describe_checkpoints(cfg: Config) -> str:
 def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSignals,
              verbose: bool) -> dict[str, float]:
     """The visible outer loop; returns the last held-out evaluation."""
-    logger = MetricsLogger(run_dir, tensorboard=cfg.log.logger == "tensorboard",
-                           append=cfg.log.resume)
+    logger = MetricsLogger(run_dir, cfg.log.logger, config=cfg.to_dict(), append=cfg.log.resume)
     sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
     last_eval: dict[str, float] = {}
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
@@ -164,6 +167,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             last_eval, samples = evaluate(state, task, cfg)
             logger.log(0, last_eval)
             sample_log.write(0, samples)
+            logger.log_samples(0, samples)
         while state.step < cfg.train.steps and stop.signum is None:
             good = Snapshot.of(state)  # step, update count, RNG states: for save_after_failure
             metrics = grpo_step(state, task, cfg)
@@ -176,6 +180,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
                 last_eval, samples = evaluate(state, task, cfg)
                 metrics.update(last_eval)
                 sample_log.write(state.step, samples)
+                logger.log_samples(state.step, samples)
             metrics["time/elapsed_seconds"] = elapsed
             logger.log(state.step, metrics)
             bar.update(1)
