@@ -54,6 +54,16 @@ def test_config_from_file_for_python_callers(tmp_path):
         Config.from_file(write(tmp_path, "text.yaml", "task: sort_text\n"))
 
 
+def test_every_unknown_key_is_named_at_once(tmp_path):
+    """A file written for TRL is translated in one pass."""
+    path = write(tmp_path, "trl.yaml", "num_generations: 8\nbeta: 0.04\nlearning_rate: 1.0e-3\n"
+                                       "G: 8\n")
+    with pytest.raises(ConfigError) as error:
+        parse_config(["--config", path])
+    assert [line.split(";")[1].split("?")[0] for line in str(error.value).splitlines()] == \
+        [" did you mean G", " did you mean kl_weight", " did you mean lr"]
+
+
 def test_preset_then_file_then_flags(tmp_path):
     path = write(tmp_path, "c.yaml", "G: 6\nsteps: 50\n")
     cfg = parse_config(["--preset", "lecture", "--config", path, "--steps", "70"])

@@ -83,17 +83,23 @@ def _aliases(tp) -> tuple[str, ...]:
 
 
 def flatten(data: dict, cls, source: str) -> dict[Path_, object]:
-    """{field path: value} from a flat and/or nested mapping; unknown keys are errors."""
+    """{field path: value} from a flat and/or nested mapping; unknown keys are errors (all of
+    them in one message, so that a file written for TRL is translated in one pass)."""
     known = names(cls)
     groups = {f.name: f.type for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.type)}
+    nested = {k for k, v in data.items() if k in groups and isinstance(v, dict)}
+    unknown = [str(k) for k in data if k not in nested and str(k) not in known]
+    if unknown:
+        raise ConfigError("\n  ".join(f"{source}: unknown key {k!r}{suggest(k, known)}"
+                                      for k in unknown))
     flat: dict[Path_, object] = {}
     for key, value in data.items():
-        if key in groups and isinstance(value, dict):  # nested: {"algo": {"kl_weight": ...}}
+        if key in nested:  # {"algo": {"kl_weight": ...}}
             _check_group(value, key, known, names(groups[key]), source)
             inner = flatten(value, groups[key], f"{source}: {key}")
             entries = {(key, *p): v for p, v in inner.items()}.items()
         else:
-            entries = [(_lookup(str(key), known, source), value)]
+            entries = [(known[str(key)], value)]
         for path, v in entries:
             if path in flat:
                 raise ConfigError(f"{source}: {'.'.join(path)} is set twice; keep one")
@@ -109,12 +115,6 @@ def _check_group(values: dict, group: str, known: dict[str, Path_], own: dict[st
             right = known[key][0]
             raise ConfigError(f"{source}: {key} is a {right} option, not one of {group}; move it "
                               f"under {right}: (or write it at the top level)")
-
-
-def _lookup(key: str, known: dict[str, Path_], source: str) -> Path_:
-    if key in known:
-        return known[key]
-    raise ConfigError(f"{source}: unknown key {key!r}{suggest(key, known)}")
 
 
 def suggest(key: str, known: dict[str, Path_]) -> str:
@@ -232,5 +232,5 @@ def load(cls, path: str | Path, base=None):
 def to_yaml(cfg) -> str:
     """A config as YAML, nested as config.json; `lmrl train --config` reads it back."""
     plain = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples become lists
-    return ("# lmrl train --config this-file reproduces the run (flags override it)\n"
+    return ("# lmrl train --config THIS_FILE --run-dir NEW_DIR repeats this run\n"
             + yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
