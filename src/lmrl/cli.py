@@ -1,9 +1,10 @@
 """Command line: `lmrl train`, `lmrl sweep`, `lmrl plot`, and for causal LMs `lmrl init-model`,
 `lmrl sft`, `lmrl eval`.
 
-`lmrl train [--preset NAME] [--FIELD VALUE ...]`: every Config field is a flat flag (`--delta`,
-`--kl-weight`, `--G`); flags given with a preset override it. The other commands take the same
-task flags (`--task sort_text --n 5`).
+`lmrl train [--preset NAME] [--config FILE] [--FIELD VALUE ...]`: every Config field is a flat
+flag (`--delta`, `--kl-weight`, `--G`); a config file (config_files.py) overrides the preset and
+flags override both. The other commands take the same task flags (`--task sort_text --n 5`), the
+same names for the same settings (`--B`, `--lr`, `--run-dir`, `--eval-limit`) and `--config`.
 """
 
 import argparse
@@ -16,10 +17,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
-from lmrl import files
+from lmrl import config_files, files
 from lmrl._version import __version__
 from lmrl.config import (
     MAX_SEED,
@@ -32,14 +34,15 @@ from lmrl.config import (
 )
 from lmrl.errors import NonFiniteError, RunInterrupted, UsageError, UserError
 from lmrl.presets import PRESETS
+from lmrl.trl_names import hint as trl_hint
 
 USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
 
-  lmrl train [--preset {presets}] [options]   train one run (lmrl train --help)
+  lmrl train [--preset {presets}] [--config FILE] [options]   train one run (lmrl train --help)
   lmrl sweep --grid delta=raw,centered [--grid ...] [--seeds 0 1] [--out DIR] [-- train options]
   lmrl plot RUN_DIR [RUN_DIR ...] [--metric eval/exact_match] [--out FILE]
   lmrl init-model --out DIR --task sort_text [task options]   a tiny causal LM + tokenizer
-  lmrl sft --model DIR --out DIR --task sort_text [options]   supervised warm start
+  lmrl sft --model DIR --run-dir DIR --task sort_text [options]   supervised warm start
   lmrl eval --model DIR --task sort_text [options]            held-out evaluation
 """
 
@@ -61,9 +64,10 @@ def split_preset(args: list[str]) -> tuple[str, list[str]]:
 
 
 def parse_config(args: list[str], prog: str = "lmrl train") -> Config:
-    """Preset, then flags on top; the config is validated when tyro builds it. With --resume
-    the run's own config.json is the default instead (so `lmrl train --run-dir DIR --resume`
-    needs no other flag), except trust_remote_code, which only a flag can turn on."""
+    """Preset, then --config FILE, then flags on top; the config is validated when tyro builds
+    it. With --resume the run's own config.json is the default instead of the preset (so `lmrl
+    train --run-dir DIR --resume` needs no other flag), except trust_remote_code, which only a
+    flag can turn on."""
     preset, rest = split_preset(args)
     default, name = resume_default(rest), f"preset {preset}"
     if default is None:
@@ -72,7 +76,7 @@ def parse_config(args: list[str], prog: str = "lmrl train") -> Config:
         name = "the run's config.json (--resume)"
     return cli_parse(Config, rest, prog, default=default,
                      description=f"Train with GRPO. Defaults: {name}; presets: "
-                                 f"{', '.join(PRESETS)}. Flags override them.")
+                                 f"{', '.join(PRESETS)}.")
 
 
 def resume_default(args: list[str]) -> Config | None:
@@ -99,20 +103,44 @@ def read_run_config(path: Path, flag: str) -> Config:
                           "directory that lmrl train wrote") from err
 
 
-def cli_parse(cls, args: list[str], prog: str, description: str, **kwargs):
-    """tyro, with its usage errors turned into one `lmrl: error:` block (tyro prints its own
-    formatted message and exits 2; its help exits 0)."""
+def cli_parse(cls, args: list[str], prog: str, description: str, default=None):
+    """tyro, on top of `default` (else cls's defaults) with --config FILE's settings applied,
+    with its usage errors turned into one `lmrl: error:` block (tyro prints its own formatted
+    message and exits 2; its help exits 0) that names lmrl's flag for a TRL one."""
+    config_file, args = split_config_file(args, prog)
+    if config_file is not None:
+        default = config_files.load(cls, config_file, default)
+    description += (" --config FILE (.yaml, .toml, .json; a run's config.yaml) overrides the "
+                    "defaults by these names; flags override both.")
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
             return tyro.cli(cls, args=args, prog=prog, description=description,
-                            config=(tyro.conf.OmitArgPrefixes,), **kwargs)
+                            config=(tyro.conf.OmitArgPrefixes,), default=default)
     except SystemExit as exit_:
         if exit_.code in (0, None):
             sys.stderr.write(captured.getvalue())
             raise
-        raise UsageError(_unboxed(captured.getvalue()) or f"bad arguments; see {prog} --help"
-                         ) from None
+        lines = (_unboxed(captured.getvalue()) or f"bad arguments; see {prog} --help").split("\n  ")
+        end = next((i for i, line in enumerate(lines) if line.startswith("For full")), len(lines))
+        lines[end:end] = trl_hints(args, cls)  # before tyro's "For full helptext" line
+        raise UsageError("\n  ".join(lines)) from None
+
+
+def split_config_file(args: list[str], prog: str) -> tuple[str | None, list[str]]:
+    """--config FILE out of the arguments (tyro parses the rest)."""
+    parser = Parser(prog=prog, add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    known, rest = parser.parse_known_args(args)
+    return known.config, rest
+
+
+def trl_hints(args: list[str], cls) -> list[str]:
+    """"did you mean" lines for the TRL option names among rejected flags."""
+    known = config_files.names(cls)
+    rejected = [a[2:].split("=")[0].replace("-", "_") for a in args if a.startswith("--")]
+    hints = [trl_hint(name, set(known)) for name in rejected if name not in known]
+    return [h for h in hints if h]
 
 
 def _unboxed(text: str) -> str:
@@ -141,6 +169,8 @@ def cmd_sweep(args: list[str]) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/sweep")
     own, _, train_args = _split_double_dash(args)
+    if any(arg.split("=")[0] == "--config" for arg in own):
+        raise UsageError("lmrl sweep: --config FILE sets train options: put it after --")
     ns = parser.parse_args(own)
     base = parse_config(train_args, prog="lmrl sweep ... --")
     run_sweep(base, parse_grid(base, ns.grid), ns.seeds, ns.out)
@@ -218,19 +248,23 @@ def cmd_init_model(args: list[str]) -> None:
 class SFTArgs:
     model: str
     """Model to fine-tune (local directory or hub name)."""
-    out: str
-    """Directory to save the fine-tuned model to (save_pretrained)."""
+    run_dir: Annotated[str, tyro.conf.arg(aliases=("--out",))]
+    """Directory to write: the fine-tuned model (save_pretrained: lmrl train --model takes it)
+    and summary.json."""
     task: TaskConfig = field(default_factory=lambda: TaskConfig(task="sort_text"))
     steps: int = 1000
-    batch_size: int = 64
+    B: Annotated[int, tyro.conf.arg(aliases=("--batch-size",))] = 64
+    """Examples (prompt and answer) per step; train's B is prompts per step."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW, linear warm-up then cosine to 0)."""
+    """Peak learning rate (AdamW, linear warm-up then cosine to 0). Higher than train's 2e-4
+    on purpose: SFT starts lmrl's tiny models from random weights; GRPO fine-tunes a
+    warm-started model, which collapses at 1e-3."""
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     eval_every: int = 50
-    eval_examples: int = 256
-    """Held-out examples per evaluation."""
+    eval_limit: Annotated[int, tyro.conf.arg(aliases=("--eval-examples",))] = 256
+    """Held-out examples per evaluation (0 = all)."""
     stop_at: float | None = None
     """Stop once held-out exact match reaches this (e.g. 0.3: a warm start that sometimes
     succeeds, as a pretrained model would)."""
@@ -240,7 +274,7 @@ class SFTArgs:
     device: str = "auto"
     progress: bool = True
     overwrite: bool = False
-    """Replace an earlier lmrl sft output in --out (only after the new one is complete)."""
+    """Replace an earlier lmrl sft output in --run-dir (only after the new one is complete)."""
 
 
 def check_sft_args(a: SFTArgs) -> None:
@@ -251,10 +285,10 @@ def check_sft_args(a: SFTArgs) -> None:
             raise ConfigError(f"{flag}={value} must be a finite number")
     if not 0 < a.lr <= 1:
         raise ConfigError(f"--lr={a.lr} must be in (0, 1]")
-    require_at_least({"--steps": (a.steps, 0), "--batch-size": (a.batch_size, 1),
+    require_at_least({"--steps": (a.steps, 0), "--B": (a.B, 1),
                       "--eval-every": (a.eval_every, 1), "--warmup-steps": (a.warmup_steps, 0),
                       "--weight-decay": (a.weight_decay, 0), "--grad-clip": (a.grad_clip, 0),
-                      "--eval-examples": (a.eval_examples, 0), "--seed": (a.seed, 0),
+                      "--eval-limit": (a.eval_limit, 0), "--seed": (a.seed, 0),
                       "--threads": (a.threads, 0)})
     if a.stop_at is not None and not 0 <= a.stop_at <= 1:
         raise ConfigError(f"--stop-at={a.stop_at} must be in [0, 1] (a held-out exact match)")
@@ -273,34 +307,34 @@ def cmd_sft(args: list[str]) -> None:
     if a.stop_at is not None and task.correctness is None:
         raise ConfigError(f"--stop-at needs a right answer, and task {a.task.task} has no "
                           "correctness reward; drop --stop-at")
-    summary = run_sft(a.model, task, a.out, device=a.device, overwrite=a.overwrite, steps=a.steps,
-                      batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
+    summary = run_sft(a.model, task, a.run_dir, device=a.device, overwrite=a.overwrite,
+                      steps=a.steps, batch_size=a.B, lr=a.lr, warmup_steps=a.warmup_steps,
                       weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-                      eval_every=a.eval_every, eval_examples=a.eval_examples or None,
+                      eval_every=a.eval_every, eval_examples=a.eval_limit or None,
                       stop_at=a.stop_at, seed=a.seed, progress=a.progress)
     keys = [k for k in summary if k.startswith(("eval/", "sft/"))]
-    print("\n".join(f"  {k}  {summary[k]}" for k in keys) + f"\nsaved to {a.out}")
+    print("\n".join(f"  {k}  {summary[k]}" for k in keys) + f"\nsaved to {a.run_dir}")
 
 
 @dataclass(frozen=True)
 class EvalArgs:
     model: str | None = None
-    """Checkpoint to evaluate: a save_pretrained directory or a hub name (default with --run:
+    """Checkpoint to evaluate: a save_pretrained directory or a hub name (default with --run-dir:
     the run's model/)."""
-    run: str | None = None
+    run_dir: Annotated[str | None, tyro.conf.arg(aliases=("--run",))] = None
     """A run directory: evaluate with its task, held-out set and sampling settings
     (config.json), so the score is the run's own evaluation."""
     task: TaskConfig = field(default_factory=lambda: TaskConfig(task="sort_text"))
-    limit: int = 0
+    eval_limit: Annotated[int, tyro.conf.arg(aliases=("--limit",))] = 0
     """Evaluate at most this many held-out examples (0 = all)."""
-    samples: int = 0
+    eval_samples: Annotated[int, tyro.conf.arg(aliases=("--samples",))] = 0
     """Also sample this many completions per prompt for pass@k (0 = greedy only)."""
-    show: int = 4
+    log_samples: Annotated[int, tyro.conf.arg(aliases=("--show",))] = 4
     """Print this many held-out completions."""
     max_new_tokens: int = 0
     """Completion budget (0 = the run's, else the task's)."""
     stop: tuple[str, ...] = ()
-    """Stop strings (default with --run: the run's)."""
+    """Stop strings (default with --run-dir: the run's)."""
     device: str = "auto"
     out: str | None = None
     """Write the metrics as JSON here."""
@@ -311,25 +345,27 @@ class EvalArgs:
 
 
 def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
-    """Model, task and sampling settings: the run's config.json with --run, else the flags."""
-    if a.run is None:
+    """Model, task and sampling settings: the run's config.json with --run-dir, else the
+    flags."""
+    if a.run_dir is None:
         if a.model is None:
-            raise ConfigError("lmrl eval needs --model DIR or --run RUN_DIR")
+            raise ConfigError("lmrl eval needs --model DIR or --run-dir RUN_DIR")
         return a.model, a.task, PolicyConfig(model=a.model, max_new_tokens=a.max_new_tokens,
                                              stop=a.stop, trust_remote_code=a.trust_remote_code)
     if a.task != EvalArgs.__dataclass_fields__["task"].default_factory():
-        raise ConfigError("--run takes the task from the run's config.json; drop the task flags")
-    config_path = Path(a.run) / "config.json"
+        raise ConfigError("--run-dir takes the task from the run's config.json; drop the task "
+                          "flags")
+    config_path = Path(a.run_dir) / "config.json"
     if not config_path.is_file():
-        raise ConfigError(f"--run: {config_path} does not exist; give a run directory that "
+        raise ConfigError(f"--run-dir: {config_path} does not exist; give a run directory that "
                           "lmrl train wrote")
-    saved = read_run_config(config_path, "--run")
+    saved = read_run_config(config_path, "--run-dir")
     # The run's file says how it sampled; the user's flag says whether to run the model's code.
     policy = dataclasses.replace(saved.policy, trust_remote_code=a.trust_remote_code)
     if a.max_new_tokens or a.stop:
         policy = dataclasses.replace(policy, max_new_tokens=a.max_new_tokens or
                                      policy.max_new_tokens, stop=a.stop or policy.stop)
-    return a.model or str(Path(a.run) / "model"), saved.task, policy
+    return a.model or str(Path(a.run_dir) / "model"), saved.task, policy
 
 
 def cmd_eval(args: list[str]) -> None:
@@ -350,8 +386,8 @@ def cmd_eval(args: list[str]) -> None:
     task = build_task(cfg)
     policy = build_policy(cfg, task.max_new_tokens)  # as training loads it
     metrics, shown = evaluate_text(task, policy, torch.Generator().manual_seed(a.seed),
-                                   num_samples=a.samples, max_examples=a.limit or None,
-                                   num_logged=a.show)
+                                   num_samples=a.eval_samples, max_examples=a.eval_limit or None,
+                                   num_logged=a.log_samples)
     for sample in shown:
         print(f"{sample['prompt']!r} -> {sample['completion']!r}")
     print(json.dumps(metrics, indent=2))

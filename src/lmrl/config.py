@@ -276,6 +276,15 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @classmethod
+    def from_file(cls, path, base: "Config | None" = None) -> "Config":
+        """A YAML/TOML/JSON file by the flags' names (lmrl train --config) on top of `base`
+        (default: the defaults); see config_files.py."""
+        from lmrl.config_files import load
+
+        loaded = load(cls, path, base)  # unchecked: built and validated here, as a whole
+        return cls(**{group: getattr(loaded, group) for group in _GROUPS})
+
     def replace(self, **groups: dict) -> "Config":
         """Copy with some fields changed: cfg.replace(algo={"delta": "raw"})."""
         return dataclasses.replace(self, **{

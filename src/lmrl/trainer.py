@@ -2,6 +2,7 @@
 
 Run directory:
     config.json       the exact Config the code read
+    config.yaml       the same as YAML (lmrl train --config DIR/config.yaml repeats the run)
     metrics.jsonl     one line per step (flat slash-separated keys); step 0 is the untrained eval
     samples.jsonl     text tasks: held-out completions at each evaluation (step, prompt,
                       completion, each reward)
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmrl import checkpoint, files
+from lmrl import checkpoint, config_files, files
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
@@ -96,7 +97,7 @@ class SampleLog:
 
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
                "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
-               "wandb", "mlruns", RUN_IDS)
+               "wandb", "mlruns", RUN_IDS, "config.yaml")
 
 
 def default_run_dir() -> str:
@@ -132,6 +133,7 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     if saved is not None:
         resume(state, saved, run_dir)
     files.write_text(run_dir / "config.json", cfg.to_json())
+    files.write_text(run_dir / "config.yaml", config_files.to_yaml(cfg))
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
