@@ -5,7 +5,8 @@
     result.metrics["eval/reward"], result.run_dir, result.model, result.tokenizer
 
 Options are the CLI's flag names with underscores (`kl_weight`, `G`, `max_new_tokens`), applied
-on top of `config` (a Config, or None for the defaults). Errors are the CLI's: ConfigError,
+on top of `config` (a Config, a YAML/TOML/JSON config file's path as for `lmrl train --config`,
+or None for the defaults). Errors are the CLI's: ConfigError,
 DataError, RewardError, RunDirError (all lmrl.errors.UserError), with the Python spelling of
 the fix (`overwrite=True` where the CLI says `--overwrite`).
 
@@ -54,7 +55,7 @@ class RunResult:
         return self.metrics[key]
 
 
-def train(config: Config | None = None, *, model: Any = None, tokenizer: Any = None,
+def train(config: Config | str | Path | None = None, *, model: Any = None, tokenizer: Any = None,
           reward_fns: Iterable = (), verbose: bool = True, **options: Any) -> RunResult:
     """Train one run; see the module docstring. `model`: "toy", a local directory, a hub name
     or a transformers PreTrainedModel (then `tokenizer` is required)."""
@@ -63,9 +64,14 @@ def train(config: Config | None = None, *, model: Any = None, tokenizer: Any = N
     from lmrl.trainer import build_task, default_run_dir, model_inputs
     from lmrl.trainer import train as run
 
+    if isinstance(config, str | Path):  # a config file, as `lmrl train --config FILE`
+        from lmrl.config_files import load
+
+        config = load(Config, config, None)  # checked as a whole once the options are on it
     cfg = config if config is not None else Config()
     if not isinstance(cfg, Config):
-        raise ConfigError(f"config must be an lmrl.Config (or None), not {type(cfg).__name__}")
+        raise ConfigError(f"config must be an lmrl.Config, a config file's path or None, not "
+                          f"{type(cfg).__name__}")
     policy = None
     if model is not None and not isinstance(model, str | Path):
         policy = policy_from_objects(model, tokenizer, cfg, options)
@@ -78,7 +84,7 @@ def train(config: Config | None = None, *, model: Any = None, tokenizer: Any = N
     specs = [reward_spec(r) for r in reward_fns]
     if specs:
         options["reward_fns"] = tuple(options.get("reward_fns", ())) + tuple(specs)
-    cfg = with_options(cfg, options)
+    cfg = dataclasses.replace(with_options(cfg, options))  # replace() validates
     if cfg.log.run_dir is None:  # fixed here, so that the early check below sees the same one
         cfg = cfg.replace(log={"run_dir": default_run_dir()})
     try:
