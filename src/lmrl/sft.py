@@ -26,6 +26,7 @@ from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
 from lmrl.optim import adamw, schedule_factor
 from lmrl.policies.hf import HFPolicy
+from lmrl.tasks.coverage import check_coverage
 from lmrl.tasks.text import Example, TextTask, evaluate_text
 
 
@@ -91,6 +92,7 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     if steps < 0 or batch_size < 1 or eval_every < 1:
         raise ValueError(f"need steps >= 0, batch_size >= 1 and eval_every >= 1; got {steps}, "
                          f"{batch_size}, {eval_every}")
+    check_coverage(task, policy, demonstrations=True)
     log = log or (lambda step, metrics: None)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in policy.model.parameters() if p.requires_grad]
