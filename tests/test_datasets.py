@@ -110,6 +110,15 @@ def test_rows_read_like_a_list(tmp_path):
         rows[12]
 
 
+def test_python_callers_may_pass_a_dataset_or_a_list_of_dicts(rewards):
+    for data in (ROWS, datasets.Dataset.from_list(ROWS),
+                 datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)})):
+        task = UserTask(data, [f"{rewards}:correct"], heldout_size=3)
+        assert sorted(list(task.train) + list(task.heldout), key=str) == sorted(ROWS, key=str)
+    with pytest.raises(DataError, match="not int"):
+        UserTask(3, [f"{rewards}:correct"])
+
+
 # ---------------------------------------------------------------- columns
 
 
@@ -151,6 +160,10 @@ def test_splits_and_formats_are_checked(tmp_path, rewards):
     with pytest.raises(DataError, match="plain is not a file, nor a directory written by "
                                         "Dataset.save_to_disk"):
         UserTask(str(tmp_path / "plain"), [f"{rewards}:correct"])
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", conversation_rows()[:2] + ROWS[:1])
+    with pytest.raises(DataError, match=r"mixed.jsonl:3: 'prompt' is a str, but at .*mixed.jsonl:1 "
+                                        r"it is a list; a data set's prompts are all strings"):
+        load_rows(mixed)
     with pytest.raises(DataError, match=r"item 1: a row must be a JSON object"):
         (tmp_path / "a.json").write_text('[{"prompt": "x"}, 3]')
         load_rows(tmp_path / "a.json")

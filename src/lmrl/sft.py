@@ -80,7 +80,8 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     Held-out greedy evaluation (`evaluate_text` on the first `eval_examples`) runs before the
     first step, every `eval_every` steps and after the last; `stop_at` stops after the first
     evaluation whose eval/exact_match >= stop_at (possibly step 0). `log(step, metrics)` gets
-    every step's metrics. grad_clip 0 turns clipping off.
+    every step's metrics. grad_clip 0 turns clipping off. Every prompt and demonstration is
+    first checked to survive the tokenizer (tasks/coverage.py).
     """
     if policy.temperature != 1.0:
         raise ValueError(f"SFT fits the model's own distribution, but the policy scales its "

@@ -339,7 +339,12 @@ def check_json_rows(path: Path, prompt: str) -> None:
             raise DataError(f"{where}: {prompt!r} must be a string, not "
                             f"{type(row[prompt]).__name__} {row[prompt]!r} (or, for "
                             f"conversational data, {MESSAGES})")
-        columns = columns or set(row)
+        if columns is None:
+            columns, first = set(row), (where, type(row[prompt]))
+        if type(row[prompt]) is not first[1]:
+            raise DataError(f"{where}: {prompt!r} is a {type(row[prompt]).__name__}, but at "
+                            f"{first[0]} it is a {first[1].__name__}; a data set's prompts are "
+                            f"all strings (standard) or all {MESSAGES} (conversational)")
         if set(row) != columns:
             raise DataError(f"{where}: row {i} has columns {sorted(row)}, expected "
                             f"{sorted(columns)}; every row needs the same columns, since reward "
