@@ -1,10 +1,32 @@
 """Shared fixtures."""
 
+import os
 import sys
 import textwrap
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """`datasets` caches the tables it reads; tests keep them out of ~/.cache. Both the
+    variable (read when datasets is imported, and by subprocesses) and, if it is already
+    imported, its config."""
+    cache = tmp_path_factory.mktemp("hf_datasets_cache")
+    before = os.environ.get("HF_DATASETS_CACHE")
+    os.environ["HF_DATASETS_CACHE"] = str(cache)
+    config = sys.modules.get("datasets.config")
+    old_config = config.HF_DATASETS_CACHE if config is not None else None
+    if config is not None:
+        config.HF_DATASETS_CACHE = cache
+    yield cache
+    if config is not None:
+        config.HF_DATASETS_CACHE = old_config
+    if before is None:
+        os.environ.pop("HF_DATASETS_CACHE")
+    else:
+        os.environ["HF_DATASETS_CACHE"] = before
 
 
 @pytest.fixture(scope="module")

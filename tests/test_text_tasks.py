@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lmrl.errors import DataError
 from lmrl.tasks import sort
 from lmrl.tasks.arithmetic import ArithmeticTask, correct, digit_accuracy
 from lmrl.tasks.sort_text import REWARDS, SortTextTask, parse_int
@@ -394,5 +395,5 @@ def test_user_task_validation(tmp_path, mod):
         UserTask(reserved, [f"{mod}:half"], heldout_size=1)
     no_demo = UserTask(write_jsonl(tmp_path / "n.jsonl", [{"prompt": f"p{i}"} for i in range(3)]),
                        [f"{mod}:half"], heldout_size=1)
-    with pytest.raises(NotImplementedError, match="'completion' or 'answer'"):
+    with pytest.raises(DataError, match=r"demonstration column.*\['completion', 'answer'\]"):
         no_demo.demonstration(no_demo.train[0])

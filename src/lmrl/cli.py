@@ -211,6 +211,9 @@ class InitModelArgs:
     """MLP width (default 2 × hidden_size)."""
     alphabet: str = "task"
     """task: the characters of the task's prompts and answers; ascii: all printable ASCII."""
+    chat_template: bool = False
+    """Give the tokenizer a small chat template (<|role|>content per message, then
+    <|assistant|>), for conversational data (prompts as lists of role/content messages)."""
     seed: int = 0
     overwrite: bool = False
     """Replace an earlier lmrl init-model output in --out."""
@@ -219,7 +222,7 @@ class InitModelArgs:
 def cmd_init_model(args: list[str]) -> None:
     import string
 
-    from lmrl.modelzoo import init_model, task_alphabet
+    from lmrl.modelzoo import CHAT_TEMPLATE, init_model, task_alphabet
 
     a = cli_parse(InitModelArgs, args, "lmrl init-model",
                   "Build a small Llama/Qwen2-style causal LM with a character tokenizer for a "
@@ -233,12 +236,15 @@ def cmd_init_model(args: list[str]) -> None:
         raise ConfigError(f"--seed={a.seed} must be in 0..{MAX_SEED}")
     files.check_output(a.out, "init-model", overwrite=a.overwrite)
     task = text_task(a.task, model=a.out)
-    alphabet = task_alphabet(task) if a.alphabet == "task" else string.printable.strip("\x0b\x0c\r")
+    template = CHAT_TEMPLATE if a.chat_template else None
+    alphabet = task_alphabet(task, chat_template=template) if a.alphabet == "task" else \
+        string.printable.strip("\x0b\x0c\r")
     try:
         with files.output_dir(a.out, "init-model", replace=a.overwrite) as tmp:
             count = init_model(tmp, alphabet, arch=a.arch, hidden_size=a.hidden_size,
                                num_layers=a.layers, num_heads=a.heads,
-                               intermediate_size=a.intermediate_size, seed=a.seed)
+                               intermediate_size=a.intermediate_size, seed=a.seed,
+                               chat_template=template)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     print(f"wrote {a.out}: {a.arch}, {count:,} parameters, alphabet {alphabet!r}")
@@ -372,6 +378,7 @@ def cmd_eval(args: list[str]) -> None:
     import torch
 
     from lmrl.state import build_policy
+    from lmrl.tasks.coverage import check_coverage
     from lmrl.tasks.text import evaluate_text
     from lmrl.threads import configure_threads
     from lmrl.trainer import build_task
@@ -385,6 +392,7 @@ def cmd_eval(args: list[str]) -> None:
     cfg = Config(task=task_cfg, policy=dataclasses.replace(p, model=model, device=a.device))
     task = build_task(cfg)
     policy = build_policy(cfg, task.max_new_tokens)  # as training loads it
+    check_coverage(task, policy)
     metrics, shown = evaluate_text(task, policy, torch.Generator().manual_seed(a.seed),
                                    num_samples=a.eval_samples, max_examples=a.eval_limit or None,
                                    num_logged=a.log_samples)

@@ -55,9 +55,23 @@ class TaskConfig:
     digits: int = 3
     """Digits per operand (addition, multiplication)."""
     data: str | None = None
-    """Data file (gsm8k: GSM8K-format JSONL; user: JSONL or parquet with a prompt column)."""
+    """Data (gsm8k: a GSM8K-format JSONL file; user: a .jsonl, .json, .csv or .parquet file, a
+    datasets save_to_disk directory, or a hub dataset name)."""
     heldout_data: str | None = None
     """Held-out data file (gsm8k, user); default: heldout_size rows split off data."""
+    data_config: str | None = None
+    """Config (subset) of a hub dataset given as data (user)."""
+    data_split: str = "train"
+    """Split of data to train on: a save_to_disk DatasetDict's or a hub dataset's (user)."""
+    heldout_split: str | None = None
+    """A split of the same dataset to evaluate on (user), instead of heldout_data or
+    heldout_size rows split off data."""
+    prompt_column: str = "prompt"
+    """Column holding the prompts (user): strings, or lists of {"role", "content"} messages
+    (conversational data, rendered with the model's chat template)."""
+    answer_column: str | None = None
+    """Column holding the demonstrations for lmrl sft (user; default: completion, else
+    answer)."""
     reward_fns: tuple[str, ...] = ()
     """Extra reward functions 'module:function[=weight]' with TRL's signature
     f(prompts, completions, **columns) -> list[float]; added to a text task's own rewards (the

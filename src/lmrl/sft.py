@@ -26,6 +26,7 @@ from lmrl.logging import MetricsLogger
 from lmrl.losses import masked_mean
 from lmrl.optim import adamw, schedule_factor
 from lmrl.policies.hf import HFPolicy
+from lmrl.tasks.coverage import check_coverage
 from lmrl.tasks.text import Example, TextTask, evaluate_text
 
 
@@ -79,7 +80,8 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     Held-out greedy evaluation (`evaluate_text` on the first `eval_examples`) runs before the
     first step, every `eval_every` steps and after the last; `stop_at` stops after the first
     evaluation whose eval/exact_match >= stop_at (possibly step 0). `log(step, metrics)` gets
-    every step's metrics. grad_clip 0 turns clipping off.
+    every step's metrics. grad_clip 0 turns clipping off. Every prompt and demonstration is
+    first checked to survive the tokenizer (tasks/coverage.py).
     """
     if policy.temperature != 1.0:
         raise ValueError(f"SFT fits the model's own distribution, but the policy scales its "
@@ -91,6 +93,7 @@ def sft(policy: HFPolicy, task: TextTask, steps: int, batch_size: int = 64, lr: 
     if steps < 0 or batch_size < 1 or eval_every < 1:
         raise ValueError(f"need steps >= 0, batch_size >= 1 and eval_every >= 1; got {steps}, "
                          f"{batch_size}, {eval_every}")
+    check_coverage(task, policy, demonstrations=True)
     log = log or (lambda step, metrics: None)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in policy.model.parameters() if p.requires_grad]

@@ -43,6 +43,7 @@ from lmrl.recovery import (
 from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
 from lmrl.tasks import build_task as build_task_from
+from lmrl.tasks.coverage import check_coverage
 from lmrl.tasks.registry import Task, at_step
 from lmrl.threads import configure_threads
 
@@ -128,6 +129,7 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
                           "reward (name one of your reward functions `correct`); drop it")
     if policy is None:
         policy = build_policy(cfg, getattr(task, "max_new_tokens", 64))
+    check_coverage(task, policy)  # before the run directory: a character the model cannot read
     files.claim_output(run_dir, "train", replace=cfg.log.overwrite, known=RUN_ENTRIES)
     state = build_state(cfg, policy)
     if saved is not None:

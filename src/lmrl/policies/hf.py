@@ -1,9 +1,10 @@
 """A HuggingFace causal LM behind the policy protocol: KV-cache sampling, one-pass log-probs.
 
 The state is the prompt plus every token so far, the action the next token. Prompts are either a
-list[str] of length B, tokenized here, or a `PromptBatch` (left-padded ids + attention mask, as
-`HFPolicy.encode` makes them), which a task can build once per step so that sampling and every
-log-prob pass reuse one tokenization.
+list of B prompts, tokenized here (strings, or TRL's conversational prompts, lists of
+{"role", "content"} messages, rendered by the tokenizer's chat template), or a `PromptBatch`
+(left-padded ids + attention mask, as `HFPolicy.encode` makes them), which a task can build once
+per step so that sampling and every log-prob pass reuse one tokenization.
 
 Left padding: prompts of different lengths are padded on the left, so that all of them end at the
 same column and new tokens are appended in one column for the whole batch. Padded columns are
@@ -17,6 +18,7 @@ the token that completed a stop string).
 
 import functools
 import inspect
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,13 @@ from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from lmrl import files
+from lmrl.errors import ConfigError
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
+
+# A prompt: a string, or a conversational prompt (a list of {"role", "content"} messages).
+Prompt = str | list[dict]
 
 # Loading and saving a small model is instant; transformers' own progress bars would only clutter
 # the run's console output (lmrl draws its own).
@@ -268,12 +274,41 @@ class HFPolicy(nn.Module):
         autocast = torch.bfloat16 if dtype == "autocast" or (dtype == "auto" and on_gpu) else None
         return cls(model.to(device), tokenizer, autocast=autocast, **kwargs)
 
-    def prepare(self, examples: "list[dict] | list[str] | PromptBatch") -> PromptBatch:
-        """A text task's examples (dicts with a "prompt", or the prompt strings themselves),
+    def prepare(self, examples: "list[dict] | list[Prompt] | PromptBatch") -> PromptBatch:
+        """A text task's examples (dicts with a "prompt", or the prompts themselves),
         tokenized once for the step."""
         if isinstance(examples, PromptBatch):
             return self.encode(examples)
-        return self.encode([ex if isinstance(ex, str) else ex["prompt"] for ex in examples])
+        return self.encode([ex["prompt"] if isinstance(ex, dict) else ex for ex in examples])
+
+    def render(self, prompts: "list[Prompt]") -> tuple[list[str], bool]:
+        """(prompt texts, whether they came from the chat template). A string is its own text;
+        a conversational prompt (a list of {"role", "content"} messages, TRL's format) is
+        rendered by the tokenizer's chat template with the assistant's turn opened."""
+        if all(isinstance(p, str) for p in prompts):
+            return list(prompts), False
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("the prompts are conversational (lists of role/content messages), "
+                              "but the model's tokenizer has no chat template to render them; "
+                              "use a chat model, build one with `lmrl init-model "
+                              "--chat-template`, or give the prompts as strings")
+        texts = [p if isinstance(p, str) else self.tokenizer.apply_chat_template(
+            list(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+        return texts, True
+
+    def lost_characters(self, chars: str | set[str]) -> str:
+        """Those of `chars` (whitespace aside) that do not survive encode -> decode on their own:
+        a tokenizer drops, changes or reads as its unk token a character it cannot encode.
+        Whether a character survives does not depend on its neighbours, so a whole data set is
+        checked by its distinct characters, in one batched call."""
+        chars = sorted(c for c in set(chars) if not c.isspace())
+        if not chars:
+            return ""
+        ids = self.tokenizer(chars, add_special_tokens=False)["input_ids"]
+        back = batch_decode(self.tokenizer, ids)
+        unk = self.tokenizer.unk_token_id
+        return "".join(c for c, row, text in zip(chars, ids, back, strict=True)
+                       if unicodedata.normalize("NFC", c) not in text or unk in row)
 
     @property
     def token_budget(self) -> int:
@@ -293,12 +328,16 @@ class HFPolicy(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, prompts: "list[str] | PromptBatch") -> PromptBatch:
-        """Tokenize and left-pad (a PromptBatch passes through, moved to the model's device)."""
+    def encode(self, prompts: "list[Prompt] | PromptBatch") -> PromptBatch:
+        """Render (conversational prompts), tokenize and left-pad (a PromptBatch passes through,
+        moved to the model's device)."""
         if isinstance(prompts, PromptBatch):
             return PromptBatch(prompts.input_ids.to(self.device),
                                prompts.attention_mask.to(self.device), prompts.texts)
-        ids = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
+        texts, chat = self.render(prompts)
+        # A chat template writes the special tokens (BOS, turn markers) itself, as in TRL.
+        special = self.add_special_tokens and not chat
+        ids = self.tokenizer(texts, add_special_tokens=special)["input_ids"]
         if any(len(row) == 0 for row in ids):
             raise ValueError("a prompt tokenizes to no tokens; there is nothing to condition on")
         L = max(len(row) for row in ids)
@@ -307,7 +346,7 @@ class HFPolicy(nn.Module):
         for i, row in enumerate(ids):
             input_ids[i, L - len(row):] = torch.tensor(row)
             attention_mask[i, L - len(row):] = 1
-        return PromptBatch(input_ids.to(self.device), attention_mask.to(self.device), list(prompts))
+        return PromptBatch(input_ids.to(self.device), attention_mask.to(self.device), texts)
 
     def _new_cache(self) -> "LeanCache | DynamicCache":
         return LeanCache() if self.lean is not None else DynamicCache(config=self.model.config)

@@ -115,7 +115,8 @@ def split_args(t) -> dict:
 
 def describe_data(t) -> str:
     """The description of a task that reads data files (gsm8k, user)."""
-    held = t.heldout_data or t.heldout_size or "task default"
+    held = t.heldout_data or (t.heldout_split and f"split {t.heldout_split}") or \
+        t.heldout_size or "task default"
     return f"task: {t.task} data={t.data} held out={held}{extra_rewards(t)}"
 
 

@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import importlib
 import inspect
-import json
 import math
 import os
 import re
@@ -46,12 +45,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from lmrl.errors import ConfigError, DataError, RewardError
+from lmrl.errors import ConfigError, RewardError
+from lmrl.tasks.data import data_file, load_examples, read_lines  # noqa: F401 - their old home
 
 Example = dict
 RewardCallable = Callable[..., Sequence[float]]
@@ -531,87 +530,3 @@ def evaluate_text(task: TextTask, policy, generator: torch.Generator | None = No
 def nan_sum(values: Tensor) -> Tensor:
     """The sum of the non-nan values (exactly Tensor.sum when there is no nan)."""
     return values.nansum() if bool(values.isnan().any()) else values.sum()
-
-
-def data_file(path: str | Path, what: str = "data file") -> Path:
-    """The path, checked to name an existing file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist; give the path of an existing file")
-    if not path.is_file():
-        raise DataError(f"{what} {path} is not a file (a directory?); give the path of a "
-                        ".jsonl or .parquet file")
-    return path
-
-
-def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of each non-blank line of a UTF-8 file. Decoded line by line, so that
-    a bad byte names its line."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}; check that it is a file "
-                        "you may read") from err
-    lines = []
-    # bytes.splitlines splits at \n and \r only; str.splitlines would also split inside JSON
-    # strings at characters such as U+2028.
-    for line_no, raw in enumerate(data.splitlines(), 1):
-        try:
-            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{line_no}: not valid UTF-8 (byte {raw[err.start]:#04x} at "
-                            f"column {err.start + 1}); save the file as UTF-8") from err
-        if line.strip():
-            lines.append((line_no, line))
-    return lines
-
-
-def read_jsonl(path: Path) -> list[tuple[str, Example]]:
-    """(where, row) of each JSON object line, where = 'file:line'."""
-    rows = []
-    for line_no, line in read_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{line_no}: not valid JSON: {err}") from err
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{line_no}: a row must be a JSON object such as "
-                            f'{{"prompt": "..."}}, not a {type(row).__name__}')
-        rows.append((f"{path}:{line_no}", row))
-    return rows
-
-
-def read_parquet(path: Path) -> list[tuple[str, Example]]:
-    """(where, row) of each row of a parquet file, where = 'file: row i'."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ImportError("reading parquet needs pyarrow: pip install 'lmrl[parquet]'") from err
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read it as parquet: {err}; check that the file is a "
-                        "complete parquet file (or use .jsonl)") from err
-    return [(f"{path}: row {i}", row) for i, row in enumerate(rows)]
-
-
-def load_examples(path: str | Path) -> list[Example]:
-    """Rows of a .jsonl or .parquet file; each must have a string 'prompt' column."""
-    path = data_file(path)
-    if path.suffix == ".parquet":
-        rows = read_parquet(path)
-    elif path.suffix in (".jsonl", ".json"):
-        rows = read_jsonl(path)
-    else:
-        raise DataError(f"data file {path}: unknown format {path.suffix!r}; use .jsonl or "
-                        ".parquet")
-    for where, row in rows:
-        if "prompt" not in row:
-            raise DataError(f"{where}: no 'prompt' column; every row needs a string 'prompt'")
-        if not isinstance(row["prompt"], str):
-            raise DataError(f"{where}: 'prompt' must be a string, not "
-                            f"{type(row['prompt']).__name__} {row['prompt']!r}")
-    if not rows:
-        raise DataError(f"{path} has no rows; it is empty or blank")
-    return [row for _, row in rows]
