@@ -10,6 +10,10 @@ or None for the defaults). Errors are the CLI's: ConfigError,
 DataError, RewardError, RunDirError (all lmrl.errors.UserError), with the Python spelling of
 the fix (`overwrite=True` where the CLI says `--overwrite`).
 
+Data (`data=`, `heldout_data=`): a path, a save_to_disk directory or a hub name, as on the
+CLI, or a datasets.Dataset / DatasetDict / list of dicts in TRL's standard or conversational
+format (config.json then records a description; such a run resumes through the API only).
+
 Reward functions are TRL's (tasks/text.py says how they are called): callables, `(callable,
 weight)` pairs or 'module:function[=weight]' strings. A callable is recorded in config.json as
 '<callable>:name', which only this process can resolve: resuming such a run through the API
@@ -81,6 +85,7 @@ def train(config: Config | str | Path | None = None, *, model: Any = None, token
     elif tokenizer is not None:
         raise ConfigError("tokenizer= goes with a model object; with a model name or path the "
                           "tokenizer is loaded from it")
+    objects = data_objects(options)
     specs = [reward_spec(r) for r in reward_fns]
     if specs:
         options["reward_fns"] = tuple(options.get("reward_fns", ())) + tuple(specs)
@@ -91,7 +96,7 @@ def train(config: Config | str | Path | None = None, *, model: Any = None, token
         # The output is checked before anything loads, as the trainer does (it checks again).
         files.check_output(cfg.log.run_dir, "train", overwrite=cfg.log.overwrite,
                            resume=cfg.log.resume, inputs=model_inputs(cfg))
-        task = build_task(cfg)
+        task = build_task(cfg.replace(task=objects) if objects else cfg)
         budget = getattr(task, "max_new_tokens", 64)
         policy = build_policy(cfg, budget) if policy is None else \
             configure_policy(policy, cfg, budget)
@@ -123,6 +128,22 @@ def with_options(cfg: Config, options: dict[str, Any]) -> Config:
             cfg.task.task == "sort":
         groups["task"]["task"] = "user"  # data given, no task named: the user's own data
     return cfg.replace(**groups) if groups else cfg
+
+
+def data_objects(options: dict[str, Any]) -> dict[str, Any]:
+    """data= / heldout_data= given as Python objects (a datasets.Dataset or DatasetDict, a list
+    of dicts): taken out of the options, which get a description for config.json instead. The
+    task is built from the objects themselves (no copy written anywhere)."""
+    objects = {}
+    for name in ("data", "heldout_data"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str | Path):
+            objects[name] = value
+            size = f", {len(value)} rows" if isinstance(value, list) else ""
+            options[name] = f"<python {type(value).__name__}{size}>"
+        elif isinstance(value, Path):
+            options[name] = str(value)
+    return objects
 
 
 def reward_spec(reward) -> str:

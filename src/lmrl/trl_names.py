@@ -9,7 +9,11 @@ is a Config field, or None where lmrl has no such setting (the note says what it
 TRL_NAMES: dict[str, tuple[str | None, str]] = {
     # trl name: (lmrl name, what differs)
     "model_name_or_path": ("model", "a hub name or a local directory"),
-    "dataset_name": ("data", "a data file (the `user` and `gsm8k` tasks)"),
+    "dataset_name": ("data", "a hub dataset, a data file or a save_to_disk directory (the "
+                     "`user` task; gsm8k: a file)"),
+    "dataset_config": ("data_config", "the hub dataset's configuration"),
+    "dataset_train_split": ("data_split", "same"),
+    "dataset_test_split": ("heldout_split", "the split evaluated on (held out)"),
     "output_dir": ("run_dir", "the run directory"),
     "num_generations": ("G", "samples per prompt (the group)"),
     "per_device_train_batch_size": (
