@@ -6,6 +6,8 @@ Run directory:
     samples.jsonl     text tasks: held-out completions at each evaluation (step, prompt,
                       completion, each reward)
     summary.json      final eval/* metrics, wall_seconds, steps
+    preflight.json    what step 1's batch looked like before training (preflight.py)
+    warnings.jsonl    the warnings given: a run that cannot learn (step, check, message)
     reward.png        train and held-out reward and exact match per step
     model.safetensors toy policy weights (of the newest checkpoint)
     model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
@@ -26,6 +28,7 @@ from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import MetricsLogger
 from lmrl.plotting import plot_run
+from lmrl.preflight import Watch, preflight
 from lmrl.recovery import (
     Snapshot,
     StopSignals,
@@ -92,7 +95,8 @@ class SampleLog:
 
 
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
-               "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt")
+               "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
+               "preflight.json", "warnings.jsonl")
 
 
 def default_run_dir() -> str:
@@ -130,6 +134,8 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
+    if cfg.log.preflight and saved is None:
+        preflight(state, task, cfg, run_dir, say)
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
     summary = finish(state, task, cfg, run_dir, last_eval)
@@ -152,6 +158,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
     logger = MetricsLogger(run_dir, tensorboard=cfg.log.logger == "tensorboard",
                            append=cfg.log.resume)
     sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
+    watch = Watch(cfg, task, run_dir)  # the pre-flight's warnings, when they persist
     last_eval: dict[str, float] = {}
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
@@ -169,6 +176,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             elapsed = time.perf_counter() - t_start
             state.wall_seconds = base_wall + elapsed
             check_skips(state, cfg, metrics)
+            watch.check(state.step, metrics)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
             if state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps or \
                     out_of_time:
