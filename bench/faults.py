@@ -66,10 +66,12 @@ def reward_module(body: str) -> str:
         f"    {line}\n" for line in body.splitlines())
 
 
-RW_LATE = ("CALLS = [0]\n\n\n"  # step 0's evaluation is call 1, step 1 call 2: fails in step 2
+# The pre-flight batch is call 1, step 0's evaluation call 2, step 1 call 3: fails in step 2
+# (in step 3 on a tree without the pre-flight: also past step 1).
+RW_LATE = ("CALLS = [0]\n\n\n"
            "def f(prompts, completions, **columns):\n"
            "    CALLS[0] += 1\n"
-           "    if CALLS[0] >= 3:\n"
+           "    if CALLS[0] >= 4:\n"
            "        raise ValueError('cannot score ' + repr(completions[0]))\n"
            "    return [0.0] * len(completions)\n")
 

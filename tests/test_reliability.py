@@ -160,7 +160,9 @@ def failing(task, fail_at: set[int], mode: str):
 
 
 def toy_cfg(tmp_path: Path, name: str, **train_fields) -> Config:
+    """failing() counts the task's scoring calls as steps: no pre-flight batch before step 1."""
     return parse([*TOY, "--steps", "12", "--eval-every", "4", "--run-dir", str(tmp_path / name),
+                  "--no-preflight",
                   *[f"--{k.replace('_', '-')}={v}" for k, v in train_fields.items()]])
 
 

@@ -244,6 +244,14 @@ class LogConfig:
     resume: bool = False
     """Resume from the newest checkpoint in run_dir/checkpoints/ (the run's config.json is the
     default config; flags given change it where resuming allows)."""
+    preflight: bool = True
+    """Before training, sample one batch (step 1's) and report truncation, flat groups, each
+    reward function's mean and spread and completion length, warning when the run cannot learn
+    (every group flat, most completions truncated, a reward function constant). --no-preflight
+    skips it; it never changes the run."""
+    warn_after: int = 20
+    """Give the pre-flight's warnings during training when a condition holds for this many steps
+    in a row (0 = never)."""
 
 
 @dataclass(frozen=True)
@@ -452,6 +460,7 @@ def _check_ranges(cfg: Config) -> None:
         "train.threads": (tr.threads, 0), "train.max_skipped": (tr.max_skipped, 1),
         "log.save_every": (lg.save_every, 0), "log.save_minutes": (lg.save_minutes, 0),
         "log.keep_checkpoints": (lg.keep_checkpoints, 1), "log.eval_samples": (lg.eval_samples, 0),
+        "log.warn_after": (lg.warn_after, 0),
         "task.reward_timeout": (t.reward_timeout, 0), "task.split_seed": (t.split_seed, 0),
         "task.digits": (t.digits, 1), "train.seed": (tr.seed, 0),
         "policy.dim": (p.dim, 1), "policy.hidden": (p.hidden, 0),  # 0: the linear model

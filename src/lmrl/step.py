@@ -291,6 +291,8 @@ def reward_metrics(batch: Batch, task) -> dict[str, float]:
     if task.correctness is not None:
         out["train/exact_match"] = task.correct(table).float().mean().item()
     out.update({f"train/reward_{name}": v.float().mean().item() for name, v in table.items()})
+    # Each function's spread: 0 says it gave every sample one value (preflight.py warns).
+    out.update({f"train/reward_{name}_std": spread(v) for name, v in table.items()})
     if batch.truncated is not None:
         out["train/truncated_frac"] = batch.truncated.float().mean().item()
     if bool(rewards.isnan().any()):  # a TRL-style None: the statistics of what was scored
@@ -320,3 +322,11 @@ def scored_metrics(rewards: Tensor, table: dict[str, Tensor]) -> dict[str, float
     }
     out.update({f"train/reward_{name}": v.float().nanmean().item() for name, v in table.items()})
     return out
+
+
+def spread(values: Tensor) -> float:
+    """The standard deviation, exactly 0 when every value is equal (a float mean can be one ulp
+    off, which would give a std of ~1e-17) and when there is one value."""
+    if values.numel() < 2 or bool(values.amax() == values.amin()):
+        return 0.0
+    return values.double().std().item()

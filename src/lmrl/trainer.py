@@ -7,6 +7,8 @@ Run directory:
     samples.jsonl     text tasks: held-out completions at each evaluation (step, prompt,
                       completion, each reward)
     summary.json      final eval/* metrics, wall_seconds, steps
+    preflight.json    what step 1's batch looked like before training (preflight.py)
+    warnings.jsonl    the warnings given: a run that cannot learn (step, check, message)
     reward.png        train and held-out reward and exact match per step
     model.safetensors toy policy weights (of the newest checkpoint)
     model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
@@ -29,6 +31,7 @@ from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
 from lmrl.plotting import plot_run
+from lmrl.preflight import Watch, preflight
 from lmrl.recovery import (
     Snapshot,
     StopSignals,
@@ -98,7 +101,7 @@ class SampleLog:
 
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
                "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
-               "wandb", "mlruns", RUN_IDS, "config.yaml")
+               "wandb", "mlruns", RUN_IDS, "config.yaml", "preflight.json", "warnings.jsonl")
 
 
 def default_run_dir() -> str:
@@ -139,6 +142,8 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
+    if cfg.log.preflight and saved is None:
+        preflight(state, task, cfg, run_dir, say)
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
     summary = finish(state, task, cfg, run_dir, last_eval)
@@ -160,6 +165,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
     """The visible outer loop; returns the last held-out evaluation."""
     logger = MetricsLogger(run_dir, cfg.log.logger, config=cfg.to_dict(), append=cfg.log.resume)
     sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
+    watch = Watch(cfg, task, run_dir)  # the pre-flight's warnings, when they persist
     last_eval: dict[str, float] = {}
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
@@ -178,6 +184,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             elapsed = time.perf_counter() - t_start
             state.wall_seconds = base_wall + elapsed
             check_skips(state, cfg, metrics)
+            watch.check(state.step, metrics)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
             if state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps or \
                     out_of_time:
