@@ -196,3 +196,20 @@ def test_untrained_lm_warns_of_truncation_and_a_constant_function(tmp_path, untr
     pre = json.loads((tmp_path / "with" / "preflight.json").read_text())
     assert pre["train/truncated_frac"] > 0.5 and pre["train/reward_fixed_std"] == 0.0
     assert pre["train/truncated_frac"] == runs["with"][1]["train/truncated_frac"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_function_that_always_returns_none_is_named(tmp_path, untrained_lm, reward_module,
+                                                       capsys):
+    name = reward_module("pf_none", """
+        def never(completions, **kwargs):
+            return [None] * len(completions)
+        """)
+    train(lm_run(tmp_path, untrained_lm, "none", True, (f"{name}:never",)), verbose=False)
+    err = capsys.readouterr().err
+    assert "reward function 'never' returned None (does not apply) for every sample" in err
+    given = {(w["step"], w["check"]) for w in warnings_given(tmp_path / "none")}
+    assert {(0, "none:never"), (2, "none:never")} <= given
+    assert not any(check == "constant:never" for _, check in given)
+    rows = without_time(tmp_path / "none")
+    assert rows[1]["train/reward_never_none_frac"] == 1.0

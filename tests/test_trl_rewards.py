@@ -226,7 +226,8 @@ def test_the_python_api_takes_callables_with_weights(tiny_user_data, tmp_path):
                         reward_fns=[(length_penalty, 0.5)],
                         steps=2, B=4, G=2, max_new_tokens=3, progress=False, threads=1,
                         run_dir=str(tmp_path / "api"), verbose=False)
-    assert calls == [6, 8, 8, 6]  # held-out eval (6 rows), 2 steps of B*G = 8, final eval
+    # the pre-flight batch (B*G = 8), held-out eval (6 rows), 2 steps of 8, final eval
+    assert calls == [8, 6, 8, 8, 6]
     assert result.run_dir == tmp_path / "api" and result["steps"] == 2
     assert result.metrics["eval/reward_length_penalty"] <= 0
     assert result.tokenizer is not None and hasattr(result.model, "generate")

@@ -42,7 +42,7 @@ MOST = 0.5  # "most completions are truncated": more than this fraction
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # "flat", "truncated" or "constant:<reward name>"
+    check: str  # "flat", "truncated", "constant:<reward name>" or "none:<reward name>"
     message: str
 
 
@@ -62,6 +62,7 @@ def findings(metrics: dict[str, float], cfg: Config, trained: list[str]) -> list
     found = [flat_groups(metrics, cfg), truncation(metrics, cfg)]
     if len(trained) > 1:  # with one, a constant function is the flat check's case
         found += [constant_reward(metrics, name, cfg) for name in trained]
+    found += [always_none(metrics, name) for name in trained]
     return [f for f in found if f is not None]
 
 
@@ -108,7 +109,8 @@ def truncation(m: dict[str, float], cfg: Config) -> Finding | None:
 
 
 def constant_reward(m: dict[str, float], name: str, cfg: Config) -> Finding | None:
-    if m.get(f"train/reward_{name}_std") != 0.0:
+    if m.get(f"train/reward_{name}_std") != 0.0 or \
+            m.get(f"train/reward_{name}_none_frac") == 1.0:  # always_none's case
         return None
     value = m[f"train/reward_{name}"]
     fix = "check that it parses these completions, or drop it"
@@ -116,6 +118,15 @@ def constant_reward(m: dict[str, float], name: str, cfg: Config) -> Finding | No
         fix += " from --reward-fns"
     return Finding(f"constant:{name}", f"reward function {name!r} gave every sample {value:g}: "
                                        f"it adds nothing to the ranking within a group; {fix}")
+
+
+def always_none(m: dict[str, float], name: str) -> Finding | None:
+    if m.get(f"train/reward_{name}_none_frac") != 1.0:
+        return None
+    return Finding(f"none:{name}", f"reward function {name!r} returned None (does not apply) "
+                                   "for every sample: it scores nothing. Check the columns it "
+                                   "reads and the completions' format (conversational data "
+                                   "gives it lists of messages), or drop it")
 
 
 def warn(run_dir: Path, step: int, finding: Finding, text: str) -> None:

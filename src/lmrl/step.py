@@ -289,10 +289,13 @@ def reward_metrics(batch: Batch, task) -> dict[str, float]:
         "train/response_tokens": batch.response_mask.sum(-1).mean().item(),
     }
     if task.correctness is not None:
-        out["train/exact_match"] = task.correct(table).float().mean().item()
-    out.update({f"train/reward_{name}": v.float().mean().item() for name, v in table.items()})
+        out["train/exact_match"] = mean_of_scored(task.correct(table))
+    out.update({f"train/reward_{name}": mean_of_scored(v) for name, v in table.items()})
+    # The share of samples each function passed on (None): 1 means it applies to nothing here.
+    out.update({f"train/reward_{name}_none_frac": v.isnan().float().mean().item()
+                for name, v in table.items() if bool(v.isnan().any())})
     # Each function's spread: 0 says it gave every sample one value (preflight.py warns).
-    out.update({f"train/reward_{name}_std": spread(v) for name, v in table.items()})
+    out.update({f"train/reward_{name}_std": spread(v[~v.isnan()]) for name, v in table.items()})
     if batch.truncated is not None:
         out["train/truncated_frac"] = batch.truncated.float().mean().item()
     if bool(rewards.isnan().any()):  # a TRL-style None: the statistics of what was scored
@@ -320,8 +323,13 @@ def scored_metrics(rewards: Tensor, table: dict[str, Tensor]) -> dict[str, float
         # A group with at most one distinct scored value gives no gradient.
         "train/flat_group_frac": (~any_scored | (high == low)).float().mean().item(),
     }
-    out.update({f"train/reward_{name}": v.float().nanmean().item() for name, v in table.items()})
     return out
+
+
+def mean_of_scored(values: Tensor) -> float:
+    """The mean over the samples a function scored (all of them unless it returned None)."""
+    values = values.float()
+    return (values.nanmean() if bool(values.isnan().any()) else values.mean()).item()
 
 
 def spread(values: Tensor) -> float:
