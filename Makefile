@@ -18,6 +18,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The tests also check lmrl against the libraries users come from: TRL's reward functions
+# (.[bench]), W&B offline and MLflow (their extras).
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,tensorboard,parquet,wandb,mlflow,bench]"
+	@touch $@
+
 demo: setup
 	$(BIN)/lmrl train --run-dir runs/demo --overwrite
 
@@ -27,13 +33,13 @@ demo: setup
 WORKERS ?= auto
 XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --maxprocesses 4)
 
-test: setup
+test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
-test-slow: setup
+test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -m slow $(XDIST)
 
-test-all: setup
+test-all: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q $(XDIST)
 
 # lmrl vs TRL's GRPOTrainer and the matmul ceiling (bench/README.md); about an hour on 2 cores.

@@ -4,6 +4,7 @@ store through its client API)."""
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,10 @@ def test_wandb_resume_continues_the_same_run(tmp_path, tiny_lm, wandb_offline):
     run_dir = tmp_path / "run"
     run(run_dir, tiny_lm, "wandb", steps=1)
     run_id = json.loads((run_dir / RUN_IDS).read_text())["wandb"]
+    # W&B names an offline session's folder by its start second and the run id: a session that
+    # starts within the same second as the last one writes into that folder and loses the
+    # earlier history. Real sessions last longer; these take under a second.
+    time.sleep(1.1)
     run(run_dir, tiny_lm, "wandb", steps=3, resume=True)
     assert json.loads((run_dir / RUN_IDS).read_text())["wandb"] == run_id
     _, history, folders = wandb_run(run_dir, run_id)
