@@ -26,3 +26,18 @@ def test_help_is_on_stdout_with_exit_0():
 def test_version_exits_0():
     done = lmrl("--version")
     assert (done.returncode, done.stdout, done.stderr) == (0, f"lmrl {__version__}\n", "")
+
+
+@pytest.mark.slow
+def test_help_into_a_closed_pipe_is_no_traceback():
+    """`lmrl train --help | head -1`: the reader has left (here: before the first write, so
+    the pipe is surely closed); exit 141 (128 + SIGPIPE), no traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.Popen([sys.executable, "-m", "lmrl", "train", "--help"], stdout=write_end,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -233,3 +233,85 @@ def test_the_python_api_takes_callables_with_weights(tiny_user_data, tmp_path):
     assert result.tokenizer is not None and hasattr(result.model, "generate")
     saved = json.loads((tmp_path / "api" / "config.json").read_text())
     assert saved["task"]["reward_fns"] == ["<callable>:length_penalty=0.5"]
+
+
+def test_the_api_takes_a_model_object_and_rows_in_memory(tiny_user_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = tiny_user_data
+    model = AutoModelForCausalLM.from_pretrained(root / "init")
+    tokenizer = AutoTokenizer.from_pretrained(root / "init")
+    rows = [{"prompt": f"{a}{b}=", "answer": str((a + b) % 10)} for a in range(4) for b in range(4)]
+
+    def correct(completions, answer, **kwargs):
+        return [float(c.strip() == a) for c, a in zip(completions, answer, strict=True)]
+
+    result = lmrl.train(model=model, tokenizer=tokenizer, data=rows, reward_fns=[correct],
+                        heldout_size=4, steps=1, B=2, G=2, max_new_tokens=2, progress=False,
+                        threads=1, run_dir=str(tmp_path / "obj"), verbose=False)
+    assert result.model is model  # trained in place, the caller's object
+    assert "eval/exact_match" in result.metrics  # a reward named `correct` is the correctness
+    saved = json.loads((tmp_path / "obj" / "config.json").read_text())["task"]
+    assert saved["data"] == "<python list, 16 rows>" and saved["task"] == "user"
+
+
+def test_the_api_takes_a_datasets_dataset(tiny_user_data, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    root, data = tiny_user_data
+    dataset = datasets.load_dataset("json", data_files=str(data), split="train")
+    result = lmrl.train(model=str(root / "init"), data=dataset, heldout_size=6,
+                        reward_fns=[lambda completions, **kw: [0.0] * len(completions)],
+                        steps=1, B=2, G=2, max_new_tokens=2, progress=False, threads=1,
+                        run_dir=str(tmp_path / "ds"), verbose=False)
+    assert result["steps"] == 1
+
+
+def test_api_errors_are_the_clis_in_python_spelling(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean kl_weight"):
+        lmrl.train(kl_wieght=0.1)
+    with pytest.raises(ConfigError, match="a model object needs its tokenizer"):
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        lmrl.train(model=GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("a user's file")
+    with pytest.raises(lmrl.RunDirError, match="overwrite=True") as err:
+        lmrl.train(steps=1, run_dir=str(tmp_path / "run"), verbose=False)
+    assert "--overwrite" not in str(err.value)
+    assert (tmp_path / "run" / "mine.txt").read_text() == "a user's file"
+
+
+def test_trls_own_rewards_train_unchanged_on_conversational_data(tmp_path):
+    """`--reward-fns trl.rewards:NAME` through the CLI: conversational rows rendered by the
+    model's chat template, message completions, a `solution` column, completion_ids."""
+    pytest.importorskip("trl.rewards")
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+{b}?"}], "solution": str(a + b)}
+            for a in range(5) for b in range(5)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fns = ["trl.rewards:think_format_reward", "trl.rewards:accuracy_reward=2",
+           "trl.rewards:get_soft_overlong_punishment(max_completion_len=4, soft_punish_cache=2)",
+           "trl.rewards:get_repetition_penalty_reward(ngram_size=2, max_penalty=-0.5)"]
+    task = ["--task", "user", "--data", str(data), "--heldout-size", "5", "--reward-fns", *fns]
+    main(["init-model", "--out", str(tmp_path / "init"), "--chat-template", "--alphabet",
+          "ascii", "--hidden-size", "16", "--layers", "1", "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "init"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "2", "--B", "2", "--G", "2", "--max-new-tokens", "4", "--no-progress",
+          "--threads", "1", *task])
+    step = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()][1]
+    for name in ("think_format_reward", "accuracy_reward", "soft_overlong_punishment_reward",
+                 "repetition_penalty_reward"):
+        assert f"train/reward_{name}" in step
+
+
+def test_every_trl_reward_runs_equal_to_trl_in_the_compat_table():
+    """bench/trl_compat.py's table: each trl.rewards function through lmrl, against TRL's call."""
+    pytest.importorskip("trl.rewards")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import trl_compat
+
+    assert {name: trl_compat.check(name).split(" (")[0] for name in trl_compat.SPECS} == \
+        dict.fromkeys(trl_compat.SPECS, "runs, equal to TRL")

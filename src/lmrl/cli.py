@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         fail(str(err), 2 if isinstance(err, UserError) else 1)
+    except BrokenPipeError:  # `lmrl train --help | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

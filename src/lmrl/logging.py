@@ -205,8 +205,19 @@ def sample_table(step: int, samples: list[dict]) -> tuple[list[str], list[list]]
     rewards = list(dict.fromkeys(k for s in samples for k in s if k not in ("prompt",
                                                                             "completion")))
     columns = ["step", "prompt", "completion", *rewards]
-    rows = [[step, s["prompt"], s["completion"], *(s.get(k) for k in rewards)] for s in samples]
+    rows = [[step, cell(s["prompt"]), s["completion"], *(cell(s.get(k)) for k in rewards)]
+            for s in samples]
     return columns, rows
+
+
+def cell(value):
+    """A table cell: numbers and strings as they are, chat messages and other objects as JSON
+    text (a table column holds one type), nan (a reward's None) as None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or isinstance(value, int | float | str):
+        return value
+    return json.dumps(value, default=str)
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -19,6 +19,7 @@ Run directory:
 """
 
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -87,11 +88,16 @@ class SampleLog:
 
     def write(self, step: int, samples: list[dict]) -> None:
         for sample in samples:
-            self._file.write(json.dumps({"step": step, **sample}) + "\n")
+            # A reward that returned None is nan here: null in JSON (which has no NaN).
+            row = {k: None if isinstance(v, float) and math.isnan(v) else v
+                   for k, v in sample.items()}
+            self._file.write(json.dumps({"step": step, **row}, default=str) + "\n")
             if self.echo:
-                rewards = " ".join(f"{k}={v:g}" for k, v in sample.items()
-                                   if k not in ("prompt", "completion"))
-                tqdm.write(f"  [step {step}] {_clip(sample['prompt'], tail=True)!r} -> "
+                rewards = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in sample.items() if k not in ("prompt", "completion"))
+                prompt = sample["prompt"]  # a string, or chat messages
+                prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+                tqdm.write(f"  [step {step}] {_clip(prompt, tail=True)!r} -> "
                            f"{_clip(sample['completion'])!r}  {rewards}")
         self._file.flush()
 
