@@ -315,3 +315,16 @@ def test_every_trl_reward_runs_equal_to_trl_in_the_compat_table():
 
     assert {name: trl_compat.check(name).split(" (")[0] for name in trl_compat.SPECS} == \
         dict.fromkeys(trl_compat.SPECS, "runs, equal to TRL")
+
+
+def test_hand_written_trl_functions_train_through_the_api(tiny_user_data, tmp_path):
+    root, data = tiny_user_data
+    scope: dict = {}
+    exec(HAND_WRITTEN, scope)
+    result = lmrl.train(model=str(root / "init"), data=str(data), heldout_size=6,
+                        reward_fns=[scope["completions_only"], (scope["keyword_columns"], 2),
+                                    (scope["sometimes_none"], 0.5)],
+                        steps=2, B=4, G=2, max_new_tokens=3, progress=False, threads=1,
+                        run_dir=str(tmp_path / "api3"), verbose=False)
+    assert result.metrics["eval/reward_sometimes_none"] == 0.5
+    assert {"eval/reward_completions_only", "eval/reward_keyword_columns"} <= set(result.metrics)
