@@ -328,3 +328,41 @@ def test_hand_written_trl_functions_train_through_the_api(tiny_user_data, tmp_pa
                         run_dir=str(tmp_path / "api3"), verbose=False)
     assert result.metrics["eval/reward_sometimes_none"] == 0.5
     assert {"eval/reward_completions_only", "eval/reward_keyword_columns"} <= set(result.metrics)
+
+
+def test_api_reward_names_survive_a_redefinition_and_weights_keep_factory_arguments():
+    from lmrl.api import reward_spec
+
+    def correct(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    first = reward_spec(correct, set())
+
+    def correct(completions, **kwargs):  # noqa: F811 - a notebook cell run again
+        return [0.0] * len(completions)
+
+    assert reward_spec(correct, set()) == first == "<callable>:correct"
+    assert load_reward_fn(first).fn is correct  # the newer one
+    assert [reward_spec(f, taken) for taken in [set()] for f in (correct, correct.__call__)] \
+        == ["<callable>:correct", "<callable>:__call__"]
+    spec = "trl.rewards:get_soft_overlong_punishment(max_completion_len=64, soft_punish_cache=16)"
+    assert reward_spec((spec, 0.5), set()) == spec + "=0.5"
+    assert reward_spec((spec + "=2", 0.5), set()) == spec + "=0.5"
+
+
+def test_a_nan_reward_from_a_task_that_never_leaves_samples_unscored_stops_the_step(tmp_path):
+    from lmrl.config import Config
+    from lmrl.state import build_state
+    from lmrl.step import collect
+    from lmrl.tasks.sort import SortTask
+
+    cfg = Config().replace(task={"n": 3, "V": 4, "heldout_size": 4}, train={"B": 2, "G": 2})
+
+    class NanSort(SortTask):
+        def score_rollout(self, prompts, rollout):
+            rewards, table = super().score_rollout(prompts, rollout)
+            return rewards * float("nan"), table
+
+    task = NanSort(n=3, V=4, heldout_size=4)
+    with pytest.raises(RewardError, match="non-finite rewards"):
+        collect(build_state(cfg), task, cfg)

@@ -32,7 +32,7 @@ import torch
 
 from lmrl.config import Config
 from lmrl.errors import ConfigError, RunDirError
-from lmrl.tasks.text import CALLABLE_PREFIX, register_callable
+from lmrl.tasks.text import CALLABLE_PREFIX, SPEC, register_callable
 
 
 @dataclass
@@ -79,14 +79,18 @@ def train(config: Config | str | Path | None = None, *, model: Any = None, token
     policy = None
     if model is not None and not isinstance(model, str | Path):
         policy = policy_from_objects(model, tokenizer, cfg, options)
-        options.setdefault("model", getattr(model, "name_or_path", "") or type(model).__name__)
+        # A description, not a path: the object's weights may differ from any directory's, so a
+        # config file from this run must not silently start from other weights.
+        source = getattr(model, "name_or_path", "") or "in memory"
+        options.setdefault("model", f"<python {type(model).__name__}: {source}>")
     elif model is not None:
         options["model"] = str(model)
     elif tokenizer is not None:
         raise ConfigError("tokenizer= goes with a model object; with a model name or path the "
                           "tokenizer is loaded from it")
     objects = data_objects(options)
-    specs = [reward_spec(r) for r in reward_fns]
+    taken: set[str] = set()
+    specs = [reward_spec(r, taken) for r in reward_fns]
     if specs:
         options["reward_fns"] = tuple(options.get("reward_fns", ())) + tuple(specs)
     cfg = dataclasses.replace(with_options(cfg, options))  # replace() validates
@@ -146,9 +150,10 @@ def data_objects(options: dict[str, Any]) -> dict[str, Any]:
     return objects
 
 
-def reward_spec(reward) -> str:
+def reward_spec(reward, taken: set[str]) -> str:
     """A reward given to lmrl.train as the config's string spec: 'module:function[=weight]'
-    strings as they are, callables registered for this process as '<callable>:name[=w]'."""
+    strings as they are, callables registered for this process as '<callable>:name[=w]' (names
+    unique among this run's, `taken`)."""
     weight = None
     if isinstance(reward, tuple):
         if len(reward) != 2:
@@ -156,12 +161,21 @@ def reward_spec(reward) -> str:
                               "or a (reward, weight) pair")
         reward, weight = reward
     if isinstance(reward, str):
-        return reward if weight is None else f"{reward.split('=')[0]}={float(weight)!r}"
+        return reward if weight is None else with_weight(reward, float(weight))
     if not callable(reward):
         raise ConfigError(f"reward {reward!r} is not callable; give a function (TRL's "
                           "signature) or a 'module:function' string")
-    name = register_callable(reward)
+    name = register_callable(reward, taken)
     return f"{CALLABLE_PREFIX}{name}" + ("" if weight is None else f"={float(weight)!r}")
+
+
+def with_weight(spec: str, weight: float) -> str:
+    """'module:function[(args)][=old]' with its weight set to `weight` (the '=' inside a
+    factory's arguments is not a weight)."""
+    match = SPEC.match(spec.strip())
+    if match is None:
+        return f"{spec}={weight!r}"  # load_reward_fn names the malformed spec
+    return f"{match['module']}:{match['attr']}{match['args'] or ''}={weight!r}"
 
 
 def policy_from_objects(model, tokenizer, cfg: Config, options: dict[str, Any]):

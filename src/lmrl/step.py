@@ -123,7 +123,10 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
     with clock("reward"):
         at_step(task, state.step, tr.steps)
         rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
-        if bool(rewards.isinf().any()):  # text tasks name the function; a net. nan: unscorable
+        # Text tasks name the failing function themselves; this is a net. nan marks a sample no
+        # reward function scored, which only a task that says so (TRL-style None) may return.
+        unscored_ok = getattr(task, "may_leave_unscored", False)
+        if bool((rewards.isinf() | (rewards.isnan() & (not unscored_ok))).any()):
             raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
@@ -301,8 +304,9 @@ def reward_metrics(batch: Batch, task) -> dict[str, float]:
     if bool(rewards.isnan().any()):  # a TRL-style None: the statistics of what was scored
         out.update(scored_metrics(rewards, table))
     logged = getattr(task, "logged", None)  # what reward functions sent to log_metric
-    out.update({f"train/{name}": sum(v) / len(v) for name, v in (logged.metrics.items()
-                                                                 if logged else ()) if v})
+    for name, values in (logged.metrics.items() if logged else ()):
+        key = f"train/{name}"  # as TRL names it, unless that is one of lmrl's own keys
+        out[f"train/log_metric/{name}" if key in out else key] = sum(values) / len(values)
     return out
 
 

@@ -114,14 +114,17 @@ CALLABLE_PREFIX = "<callable>:"
 CALLABLES: dict[str, Callable] = {}
 
 
-def register_callable(fn: Callable) -> str:
-    """fn's name in CALLABLES (its __name__, numbered if another object has it)."""
+def register_callable(fn: Callable, taken: set[str]) -> str:
+    """fn's name in CALLABLES: its __name__, numbered only if another function of the same run
+    (`taken`) has it. A later run's function of the same name replaces the earlier one (a
+    notebook cell run again), so that the reward keeps its name and its metrics theirs."""
     base = getattr(fn, "__name__", None) or type(fn).__name__
     name, k = base, 1
-    while CALLABLES.get(name, fn) is not fn:
+    while name in taken:
         k += 1
         name = f"{base}_{k}"
     CALLABLES[name] = fn
+    taken.add(name)
     return name
 
 
@@ -391,6 +394,7 @@ class TextTask:
         """A correct completion, for supervised warm starts (lmrl sft)."""
         raise NotImplementedError(f"{type(self).__name__} has no demonstrations")
 
+    may_leave_unscored = True  # a TRL-style reward's None: reward nan, Δ 0 (the step checks)
     progress = TrainerProgress()  # set by at_step; what reward functions see as trainer_state
     logged: RewardContext | None = None  # the last scoring's log_metric / log_extra
 
