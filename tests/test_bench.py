@@ -144,6 +144,7 @@ def test_smoke_without_trl_skips_it_and_says_so(tmp_path, monkeypatch, capsys):
     assert "TRL side skipped" in (tmp_path / "vs_trl.md").read_text()
 
 
+@pytest.mark.slow  # a bench run of both libraries: ~20 s each
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL not installed (.[bench])")
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_smoke_runs_both_libraries(tmp_path, bf16):
