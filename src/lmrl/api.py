@@ -78,7 +78,7 @@ def train(config: Config | str | Path | None = None, *, model: Any = None, token
                           f"{type(cfg).__name__}")
     policy = None
     if model is not None and not isinstance(model, str | Path):
-        policy = policy_from_objects(model, tokenizer, cfg, options)
+        policy = policy_from_objects(model, tokenizer)
         # A description, not a path: the object's weights may differ from any directory's, so a
         # config file from this run must not silently start from other weights.
         source = getattr(model, "name_or_path", "") or "in memory"
@@ -178,7 +178,7 @@ def with_weight(spec: str, weight: float) -> str:
     return f"{match['module']}:{match['attr']}{match['args'] or ''}={weight!r}"
 
 
-def policy_from_objects(model, tokenizer, cfg: Config, options: dict[str, Any]):
+def policy_from_objects(model, tokenizer):
     """An HFPolicy around a model object the caller already loaded (sampling settings are set
     from the final config by configure_policy)."""
     from transformers import PreTrainedModel
