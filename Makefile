@@ -19,9 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed
 
 # The tests also check lmrl against the libraries users come from: TRL's reward functions
-# (.[bench]), W&B offline and MLflow (their extras).
+# (.[bench]), W&B offline and MLflow (their extras), and LoRA through peft (.[lora]).
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[dev,tensorboard,parquet,wandb,mlflow,bench]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,parquet,wandb,mlflow,bench,lora]"
 	@touch $@
 
 demo: setup

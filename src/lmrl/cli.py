@@ -350,6 +350,10 @@ class EvalArgs:
     """Run the model's own code (only ever from this flag, never from a run's config.json)."""
 
 
+NO_LORA = {name: getattr(PolicyConfig(), name) for name in
+           ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+
+
 def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
     """Model, task and sampling settings: the run's config.json with --run-dir, else the
     flags."""
@@ -367,7 +371,9 @@ def eval_settings(a: EvalArgs) -> tuple[str, TaskConfig, PolicyConfig]:
                           "lmrl train wrote")
     saved = read_run_config(config_path, "--run-dir")
     # The run's file says how it sampled; the user's flag says whether to run the model's code.
-    policy = dataclasses.replace(saved.policy, trust_remote_code=a.trust_remote_code)
+    # A LoRA run's model/ has the adapters merged in: it loads as a plain model.
+    policy = dataclasses.replace(saved.policy, trust_remote_code=a.trust_remote_code,
+                                 **NO_LORA)
     if a.max_new_tokens or a.stop:
         policy = dataclasses.replace(policy, max_new_tokens=a.max_new_tokens or
                                      policy.max_new_tokens, stop=a.stop or policy.stop)

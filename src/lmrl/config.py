@@ -144,6 +144,18 @@ class PolicyConfig:
     """Multiplier of every weight when init=scaled (logits shrink by its 4th/5th power)."""
     symmetric_init: bool = True
     """Start all prompt positions' encode matrices equal (the policy starts order-invariant)."""
+    lora_r: int = 0
+    """LoRA rank (0 = off): train low-rank adapters through peft (pip install 'lmrl[lora]')
+    instead of every weight; the reference policy is then the base model with the adapters
+    off, not a copy. Causal LMs only; runs transformers' forward."""
+    lora_alpha: float = 16.0
+    """LoRA scaling α (the adapters' update is scaled by α/r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input in the update's log-prob passes (sampling, π_old's and
+    the reference's log-probs stay deterministic)."""
+    lora_target_modules: tuple[str, ...] = ()
+    """Layers that get adapters, by name (q_proj v_proj ...); all-linear: every linear layer
+    but the output head; empty: peft's default for the architecture."""
 
 
 @dataclass(frozen=True)
@@ -339,8 +351,10 @@ def _reject_ignored(cfg: Config) -> None:
          "they shape the toy model, and model is a causal LM"),
         (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
                                 "dtype", "device", "trust_remote_code", "attn_implementation",
-                                "forward", "compile"),
+                                "forward", "compile", "lora_r"),
          "they configure a causal LM, and model=toy"),
+        (p.lora_r == 0, "policy", ("lora_alpha", "lora_dropout", "lora_target_modules"),
+         "LoRA is off: lora_r=0"),
         (not t.reward_fns, "task", ("reward_timeout",),
          "only user reward functions (reward_fns) run under a timeout"),
         (not spec.text, "log", ("eval_limit", "log_samples"),
@@ -434,8 +448,38 @@ def validate(cfg: Config) -> None:
         raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
     _check_ranges(cfg)
     _reject_ignored(cfg)
+    _check_lora(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
+
+
+def _check_lora(cfg: Config) -> None:
+    """LoRA's ranges and what it cannot combine with (lora_r=0 checks nothing)."""
+    p, a = cfg.policy, cfg.algo
+    if p.lora_r < 0:
+        raise ConfigError(f"policy.lora_r={p.lora_r} must be >= 0 (0 turns LoRA off)")
+    if p.lora_r == 0:
+        return
+    if p.lora_alpha <= 0 or not 0 <= p.lora_dropout < 1:
+        raise ConfigError(f"policy.lora_alpha={p.lora_alpha} must be > 0 and "
+                          f"policy.lora_dropout={p.lora_dropout} in [0, 1)")
+    if "all-linear" in p.lora_target_modules and len(p.lora_target_modules) > 1:
+        raise ConfigError("policy.lora_target_modules: all-linear already names every linear "
+                          "layer; give it alone or list the layers instead")
+    if p.forward == "lmrl" or p.compile:
+        raise ConfigError("LoRA (policy.lora_r > 0) runs transformers' forward: lmrl's own "
+                          "forward (and compile, which compiles it) reads the base weights "
+                          "without the adapters; use --forward auto or transformers and drop "
+                          "--compile")
+    if a.ref_refresh > 0:
+        raise ConfigError(f"algo.ref_refresh={a.ref_refresh} with LoRA: the reference is the base "
+                          "model with the adapters off, which stays the initial policy; moving "
+                          "it would mean merging the adapters into the frozen weights. Use "
+                          "ref_refresh=0, or full fine-tuning (lora_r=0) for a refreshed "
+                          "reference")
+    from lmrl.policies.lora import check_installed
+
+    check_installed()
 
 
 def _check_finite(cfg: Config) -> None:
@@ -510,7 +554,8 @@ def describe(cfg: Config) -> str:
     a = cfg.algo
     if a.kl_weight > 0:
         refresh = f"refreshed every {a.ref_refresh} steps" if a.ref_refresh else "never refreshed"
-        ref = f"on (λ={a.kl_weight}, {a.estimator}), {refresh}"
+        base = ", the base model with the adapters off (no copy)" if cfg.policy.lora_r else ""
+        ref = f"on (λ={a.kl_weight}, {a.estimator}){base}, {refresh}"
     else:
         ref = "off (kl_weight=0: no reference model is built)"
     if a.mu > 1 and not LOSSES[a.loss].uses_ratio:
@@ -547,6 +592,12 @@ def _describe_policy(cfg: Config) -> str:
     if cfg.is_toy:
         return f"policy: toy dim={p.dim} hidden={p.hidden} init={p.init}"
     budget = p.max_new_tokens or "task default"
+    lora = ""
+    if p.lora_r:
+        targets = " ".join(p.lora_target_modules) or "peft's default layers"
+        lora = (f"\nLoRA: r={p.lora_r} α={p.lora_alpha} dropout={p.lora_dropout} on {targets}; "
+                "only the adapters train; forward: transformers' (lmrl's forward does not "
+                "apply adapters)")
     return (f"policy: {p.model} (causal LM, dtype {p.dtype}, device {p.device}); sampling "
             f"temperature={p.temperature} top_k={p.top_k} top_p={p.top_p} "
-            f"max_new_tokens={budget} stop={list(p.stop)}")
+            f"max_new_tokens={budget} stop={list(p.stop)}{lora}")

@@ -7,7 +7,8 @@ and the ratio is exactly 1 (see `step.py`). π_old is thereby refreshed every st
 
 π_ref (for the KL term) is a frozen in-memory copy of the policy, built only when the KL weight is
 > 0, and refreshed every `refresh_every` steps (0 = never: KL to the initial policy), so that it
-moves slowly.
+moves slowly. With LoRA it is no copy: the base model is the policy with its adapters switched
+off (`AdapterOffReference`), which is the initial policy, since the adapters start at zero.
 """
 
 import copy
@@ -41,3 +42,30 @@ class ReferencePolicy:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.refreshes = state["refreshes"]
+
+
+class AdapterOffReference:
+    """π_ref of a LoRA policy: the same model with its adapters disabled, so no second copy of
+    the weights exists. It is never refreshed (config.py refuses ref_refresh with LoRA: moving
+    the reference would mean merging the adapters into the frozen base)."""
+
+    refresh_every = 0
+    refreshes = 0
+
+    def __init__(self, policy: nn.Module) -> None:
+        self.policy = policy
+
+    @torch.no_grad()
+    def logprobs(self, prompts, responses: Tensor, response_mask: Tensor) -> Tensor:
+        """log π_ref of each response token. (B, G, T)."""
+        with self.policy.adapters_disabled():
+            return self.policy.logprobs(prompts, responses, response_mask)[0]
+
+    def maybe_refresh(self, policy: nn.Module, steps_done: int) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {"refreshes": 0}  # nothing of its own: the base weights are the policy's
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -14,7 +14,7 @@ from torch import nn
 from lmrl.config import Config
 from lmrl.optim import adamw, lr_lambda
 from lmrl.policies.toy import ToySortPolicy
-from lmrl.snapshots import ReferencePolicy
+from lmrl.snapshots import AdapterOffReference, ReferencePolicy
 
 
 @dataclass
@@ -22,7 +22,7 @@ class TrainState:
     policy: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    reference: ReferencePolicy | None
+    reference: ReferencePolicy | AdapterOffReference | None
     generator: torch.Generator  # prompt and response sampling
     eval_generator: torch.Generator  # held-out sampling, so evaluation never shifts training
     step: int = 0
@@ -82,12 +82,15 @@ def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
             return ToySortPolicy(V=t.V, n=t.n, dim=p.dim, hidden=p.hidden, init=p.init,
                                  init_scale=p.init_scale, symmetric_init=p.symmetric_init)
     from lmrl.policies.hf import HFPolicy
+    from lmrl.policies.lora import LoraSpec
 
+    lora = LoraSpec(p.lora_r, p.lora_alpha, p.lora_dropout, p.lora_target_modules) \
+        if p.lora_r else None
     return HFPolicy.from_pretrained(
         p.model, dtype=p.dtype, device=p.device, trust_remote_code=p.trust_remote_code,
         attn_implementation=p.attn_implementation, forward=p.forward, compile=p.compile,
         max_new_tokens=p.max_new_tokens or max_new_tokens, temperature=p.temperature,
-        top_k=p.top_k, top_p=p.top_p, stop=p.stop)
+        top_k=p.top_k, top_p=p.top_p, stop=p.stop, lora=lora, seed=cfg.train.seed)
 
 
 def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
@@ -99,13 +102,17 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     policy = policy if policy is not None else build_policy(cfg)
     # The toy model keeps the foreach AdamW its documented results (bench/results/targets.md)
     # were measured with; with 5 tensors, fusing them has little to save.
-    optimizer = adamw(policy.parameters(), cfg.lr, cfg.train.weight_decay,
-                      fused=not cfg.is_toy)
+    # Only the trainable parameters (with LoRA: the adapters; otherwise all of them), so that
+    # the optimizer keeps no state for frozen weights.
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = adamw(trainable, cfg.lr, cfg.train.weight_decay, fused=not cfg.is_toy)
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tr.steps, tr.warmup_steps, tr.schedule, tr.min_lr_frac))
     reference = None
-    if cfg.algo.kl_weight > 0:
+    if cfg.algo.kl_weight > 0 and getattr(policy, "lora", False):
+        reference = AdapterOffReference(policy)
+    elif cfg.algo.kl_weight > 0:
         reference = ReferencePolicy(policy, cfg.algo.ref_refresh)
     return TrainState(
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,

@@ -11,7 +11,10 @@ Run directory:
     warnings.jsonl    the warnings given: a run that cannot learn (step, check, message)
     reward.png        train and held-out reward and exact match per step
     model.safetensors toy policy weights (of the newest checkpoint)
-    model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model)
+    model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model);
+                      with LoRA the adapters merged into the weights
+    adapter/          LoRA runs: the adapters alone (peft's save_pretrained; PeftModel loads
+                      them onto the base model)
     checkpoints/      step-N/: the full TrainState in safetensors + JSON (resume with --resume)
     tensorboard/, wandb/, mlruns/, logger_runs.json
                       --logger sinks' files; logger_runs.json: W&B / MLflow run ids
@@ -107,7 +110,8 @@ class SampleLog:
 
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
                "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
-               "wandb", "mlruns", RUN_IDS, "config.yaml", "preflight.json", "warnings.jsonl")
+               "wandb", "mlruns", RUN_IDS, "config.yaml", "preflight.json", "warnings.jsonl",
+               "adapter")
 
 
 def default_run_dir() -> str:

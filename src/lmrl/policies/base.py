@@ -23,7 +23,7 @@ class Policy(Protocol):
     """What the step, the trainer and the snapshots use of a model (the toy ToySortPolicy and a
     causal LM's HFPolicy both satisfy it; tests/test_policy_protocol.py checks). A policy is
     also a torch.nn.Module: the optimizer takes its parameters(), the reference policy is a deep
-    copy, and checkpoints hold its state_dict()."""
+    copy (with LoRA: the policy itself, adapters off), and checkpoints hold its state_dict()."""
 
     def prepare(self, prompts):
         """A task's B prompts as the model conditions on them, once per step (sampling and every

@@ -16,6 +16,7 @@ Responses are padded with the pad id after EOS; response_mask is 1 up to and inc
 the token that completed a stop string).
 """
 
+import contextlib
 import functools
 import inspect
 import unicodedata
@@ -34,6 +35,7 @@ from lmrl.errors import ConfigError
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
+from lmrl.policies.lora import LoraSpec, is_lora, merged_copy, set_dropout, wrap
 
 # A prompt: a string, or a conversational prompt (a list of {"role", "content"} messages).
 Prompt = str | list[dict]
@@ -220,8 +222,10 @@ class HFPolicy(nn.Module):
                              persistent=False)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(eos)
-        # transformers 5 renamed past_key_values to cache; accept either version.
-        params = inspect.signature(model.forward).parameters
+        # transformers 5 renamed past_key_values to cache; accept either version. A peft model
+        # passes keyword arguments through to the transformers model it wraps.
+        inner = model.get_base_model() if is_lora(model) else model
+        params = inspect.signature(inner.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.lean = self._lean_forward(forward)
         if compile and self.lean is None:
@@ -245,17 +249,28 @@ class HFPolicy(nn.Module):
         self.model.eval()  # dropout stays off (see the class docstring)
         return self
 
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """The base model: LoRA adapters off inside the block (the LoRA reference policy)."""
+        with self.model.disable_adapter():
+            yield
+
+    @property
+    def lora(self) -> bool:
+        return is_lora(self.model)
+
     @classmethod
     def from_pretrained(cls, path_or_name: str, dtype: str = "auto", device: str = "auto",
                         trust_remote_code: bool = False, attn_implementation: str = "auto",
-                        **kwargs) -> "HFPolicy":
+                        lora: LoraSpec | None = None, seed: int = 0, **kwargs) -> "HFPolicy":
         """Load a local directory or hub name; kwargs are HFPolicy's sampling settings.
 
         dtype auto: float32 weights, with bfloat16 autocast on a GPU (the optimizer keeps fp32
         master weights); autocast: the same on any device, a CPU included (CPUs with AVX512-BF16
         or AMX multiply in bfloat16 several times faster); bfloat16: bfloat16 weights;
         float32: no autocast anywhere. attn_implementation (sdpa, eager, ...; auto: the
-        model's default) is passed to transformers.
+        model's default) is passed to transformers. lora: wrap the model in LoRA adapters
+        (policies/lora.py), initialised from `seed`.
         """
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -270,6 +285,8 @@ class HFPolicy(nn.Module):
                 path_or_name, dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
                 **hub, **attn)
         check_tokenizer(tokenizer, path_or_name)
+        if lora is not None:
+            model = wrap(model, lora, seed)
         on_gpu = str(device).startswith("cuda")
         autocast = torch.bfloat16 if dtype == "autocast" or (dtype == "auto" and on_gpu) else None
         return cls(model.to(device), tokenizer, autocast=autocast, **kwargs)
@@ -315,13 +332,20 @@ class HFPolicy(nn.Module):
         return self.max_new_tokens
 
     def save_to(self, run_dir: Path) -> None:
-        """run_dir/model/ (save_pretrained: weights and tokenizer), swapped in atomically."""
+        """run_dir/model/ (save_pretrained: weights and tokenizer), swapped in atomically; with
+        LoRA also run_dir/adapter/ (the adapters alone, peft's format)."""
         with files.atomic_dir(Path(run_dir) / "model") as tmp:
             self.save_pretrained(tmp)
+        if self.lora:
+            with files.atomic_dir(Path(run_dir) / "adapter") as tmp:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
 
     def save_pretrained(self, out_dir) -> None:
-        """Model (safetensors) and tokenizer, loadable with from_pretrained."""
-        self.model.save_pretrained(out_dir, safe_serialization=True)
+        """Model (safetensors) and tokenizer, loadable with from_pretrained; with LoRA the
+        adapters merged into the weights, a plain transformers model."""
+        model = merged_copy(self.model) if self.lora else self.model
+        model.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
 
     @property
@@ -487,10 +511,23 @@ class HFPolicy(nn.Module):
         batch = self.encode(prompts)
         args = (batch.input_ids, batch.attention_mask, responses.to(self.device),
                 response_mask.to(self.device), with_entropy)
+        if self.lora:
+            return self._lora_logprobs(*args)
         if not self.compile:
             return self._logprobs(*args)
         rope = self.lean.rope_table(batch.input_ids.shape[1] + responses.shape[-1])
         return compiled(HFPolicy._logprobs)(self, *args, rope)
+
+    def _lora_logprobs(self, *args) -> tuple[Tensor, Tensor | None]:
+        """`_logprobs` with the adapters' dropout on in training passes that carry gradients
+        only: sampling, the reference and evaluation stay deterministic."""
+        dropout = self.training and torch.is_grad_enabled()
+        set_dropout(self.model, dropout)
+        try:
+            return self._logprobs(*args)
+        finally:
+            if dropout:
+                set_dropout(self.model, False)
 
     def _logprobs(self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor,
                   response_mask: Tensor, with_entropy: bool,

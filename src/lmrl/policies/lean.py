@@ -39,6 +39,8 @@ FORWARDS = ("auto", "lmrl", "transformers")
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """None if `LeanForward` computes this model's function, else why not."""
+    if hasattr(model, "peft_config"):
+        return "LoRA adapters (peft): lmrl's forward reads the base weights only"
     cfg = model.config
     if cfg.model_type not in MODEL_TYPES:
         return f"model type {cfg.model_type!r} (lmrl's forward knows {', '.join(MODEL_TYPES)})"
