@@ -6,6 +6,7 @@ tests at the top run in one process.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from lmrl import distributed
+from lmrl.cli import main, parse_config
 from lmrl.errors import ConfigError
 from lmrl.policies.toy import ToySortPolicy
+from lmrl.trainer import check_data_parallel
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 TOY = ["--n", "4", "--V", "6", "--heldout-size", "20", "--B", "8", "--G", "4", "--no-progress",
@@ -53,6 +56,21 @@ def test_prompts_must_split_evenly(monkeypatch):
     assert distributed.share(6) == slice(2, 4)
     with pytest.raises(ConfigError, match="B=8 .* 3 processes"):
         distributed.share(8)
+
+
+def test_several_ranks_refuse_a_causal_lm(monkeypatch):
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    check_data_parallel(parse_config(TOY))
+    with pytest.raises(ConfigError, match="toy task only"):
+        check_data_parallel(parse_config(["--task", "sort_text", "--model", "some/model"]))
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_nproc_takes_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--nproc", value])
+    assert stop.value.code == 2
+    assert "--nproc takes a number" in capsys.readouterr().err
 
 
 # Runs grpo_step directly for each case, checks after every step that all ranks hold the same
@@ -194,3 +212,31 @@ def test_nproc_relaunches_through_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr
     assert os.listdir(tmp_path) == ["r"]
     assert json.loads((tmp_path / "r/summary.json").read_text())["steps"] == 1
+    again = subprocess.run([sys.executable, "-m", "lmrl", "train", "--nproc", "2", *TOY,
+                            "--steps", "1", "--run-dir", "r"], cwd=tmp_path, env=env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0  # rank 0 refuses the run directory; rank 1 says so, briefly
+    assert "lmrl: error: r is not empty" in again.stderr
+    assert "lmrl: error: rank 0 stopped with the error above" in again.stderr
+    assert "[rank" not in again.stderr  # no rank's traceback (torchrun adds its own report)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost(tmp_path):
+    port = str(free_port())
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(i),
+         "--nproc_per_node", "1", "--master-addr", "127.0.0.1", "--master-port", port, "-m",
+         "lmrl", "--", "train", *TOY, "--steps", "2", "--run-dir", "r"],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)]
+    outputs = [node.communicate(timeout=120) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "summary" in outputs[0][0] and "summary" not in outputs[1][0]  # rank 0 reports
+    assert json.loads((tmp_path / "r/summary.json").read_text())["steps"] == 2

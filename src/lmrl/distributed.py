@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lmrl.errors import ConfigError
+from lmrl.errors import ConfigError, UserError
 
 TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("LMRL_DIST_TIMEOUT", "300")))
 
@@ -126,6 +126,25 @@ def gather(t: Tensor) -> Tensor:
     parts = [torch.empty_like(t) for _ in range(world())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def on_main(action, *args, **kwargs) -> None:
+    """action(*args, **kwargs) on rank 0 alone (checking and claiming the run directory), then
+    every rank learns whether it failed: rank 0 raises its error and the others a short one
+    pointing to it, instead of a collective's connection error when rank 0 leaves."""
+    if world() == 1:
+        action(*args, **kwargs)
+        return
+    error = None
+    if is_main():
+        try:
+            action(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - raised again below, after telling the others
+            error = err
+    if any_rank(error is not None):
+        if error is not None:
+            raise error
+        raise UserError("rank 0 stopped with the error above")
 
 
 def barrier() -> None:

@@ -157,9 +157,8 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     verbose = verbose and main
     check_installed(cfg.log.logger)
     run_dir = Path(cfg.log.run_dir or default_run_dir())
-    if main:
-        files.check_output(run_dir, "train", overwrite=cfg.log.overwrite, resume=cfg.log.resume,
-                           inputs=model_inputs(cfg))
+    distributed.on_main(files.check_output, run_dir, "train", overwrite=cfg.log.overwrite,
+                        resume=cfg.log.resume, inputs=model_inputs(cfg))
     saved, saved_path = load_resume_point(cfg, run_dir)
     task = task if task is not None else build_task(cfg)
     if cfg.log.eval_samples and getattr(task, "correctness", "") is None:
@@ -168,9 +167,9 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     if policy is None:
         policy = build_policy(cfg, getattr(task, "max_new_tokens", 64))
     check_coverage(task, policy)  # before the run directory: a character the model cannot read
-    if main:
-        files.claim_output(run_dir, "train", replace=cfg.log.overwrite, known=RUN_ENTRIES)
-    distributed.broadcast_parameters(policy)  # also waits for rank 0 to claim the directory
+    distributed.on_main(files.claim_output, run_dir, "train", replace=cfg.log.overwrite,
+                        known=RUN_ENTRIES)
+    distributed.broadcast_parameters(policy)
     state = build_state(cfg, policy)
     if saved is not None and main:
         resume(state, saved, run_dir)
