@@ -6,6 +6,7 @@ tests at the top run in one process.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -240,3 +241,22 @@ def test_two_nodes_on_localhost(tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert "summary" in outputs[0][0] and "summary" not in outputs[1][0]  # rank 0 reports
     assert json.loads((tmp_path / "r/summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_after_one_step_and_rank_0_saves(tmp_path):
+    job = subprocess.Popen([sys.executable, "-m", "lmrl", "train", "--nproc", "2", *TOY,
+                            "--steps", "100000", "--run-dir", "r"], cwd=tmp_path, env=env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own group, as a terminal's job is
+    metrics = tmp_path / "r/metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        assert time.monotonic() < deadline and job.poll() is None
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C sends: every process of the group
+    _, err = job.communicate(timeout=60)
+    assert job.returncode != 0
+    assert err.count("stopped by SIGINT after step") == 1  # rank 0 alone saves and says so
+    step = int(err.split("stopped by SIGINT after step ")[1].split(";")[0])
+    assert [p.name for p in (tmp_path / "r/checkpoints").iterdir()] == [f"step-{step:08d}"]

@@ -260,7 +260,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
         bar.close()
         logger.close()
         sample_log.close()
-    if stop.signum is not None:
+    if stop.signum is not None and main:  # the other ranks left the loop at the same step
         path = save_checkpoint(state, cfg, run_dir)
         raise RunInterrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after "
                              f"step {state.step}; checkpoint saved to {path}. Resume with: "
