@@ -171,6 +171,12 @@ def test_torchrun_writes_one_run_directory_that_resumes_on_one_process(tmp_path)
         alone = lmrl_train(["--steps", "2", "--run-dir", "r", *more], tmp_path)
         assert alone.returncode == 0, alone.stderr
     assert_same_parameters(tmp_path / "r/model.safetensors", tmp_path / "two/r/model.safetensors")
+    # Rank 0 logged, and pre-flighted, the whole batch: the one-process run's numbers.
+    logged = [[json.loads(line) for line in (d / "r/metrics.jsonl").open()]
+              for d in (tmp_path, tmp_path / "two")]
+    assert_same_metrics(*logged)
+    assert json.loads((tmp_path / "r/preflight.json").read_text()) == \
+        json.loads((tmp_path / "two/r/preflight.json").read_text())
 
 
 FAILING_SCRIPT = textwrap.dedent("""

@@ -181,7 +181,7 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
-    if cfg.log.preflight and saved is None and main:
+    if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
