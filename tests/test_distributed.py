@@ -59,11 +59,11 @@ def test_prompts_must_split_evenly(monkeypatch):
         distributed.share(8)
 
 
-def test_several_ranks_refuse_a_causal_lm(monkeypatch):
+def test_several_ranks_check_the_batch_before_anything_loads(monkeypatch):
     monkeypatch.setattr(distributed, "world", lambda: 2)
     check_data_parallel(parse_config(TOY))
-    with pytest.raises(ConfigError, match="toy task only"):
-        check_data_parallel(parse_config(["--task", "sort_text", "--model", "some/model"]))
+    with pytest.raises(ConfigError, match="B=7"):
+        check_data_parallel(parse_config([*TOY, "--B", "7"]))
 
 
 @pytest.mark.parametrize("value", ["0", "two"])
@@ -92,13 +92,13 @@ STEPS_SCRIPT = textwrap.dedent("""
 
     distributed.init()
     torch.set_num_threads(1)
-    out, toy = Path(sys.argv[1]), sys.argv[2].split()
+    out, base = Path(sys.argv[1]), sys.argv[2].split()
     cases = {"token_mean": ["--aggregation", "token_mean"],
              "sequence_mean_kl": ["--aggregation", "sequence_mean", "--kl-weight", "0.1",
                                   "--grad-accum", "2"],
              "constant_mu2": ["--aggregation", "constant", "--mu", "2"]}
     for name, flags in cases.items():
-        cfg = parse_config(toy + flags)
+        cfg = parse_config(base + flags)
         state, task, metrics = build_state(cfg), build_task(cfg), []
         for step in range(3):
             metrics.append(grpo_step(state, task, cfg))
@@ -106,7 +106,7 @@ STEPS_SCRIPT = textwrap.dedent("""
             everyone = distributed.gather(flat[None])
             assert bool((everyone == everyone[0]).all()), f"{name}: ranks differ, step {step}"
         if distributed.is_main():
-            save_file({k: v.contiguous() for k, v in state.policy.state_dict().items()},
+            save_file({k: v.clone() for k, v in state.policy.state_dict().items()},
                       out / f"{name}-{distributed.world()}.safetensors")
             (out / f"{name}-{distributed.world()}.json").write_text(json.dumps(metrics))
     distributed.close()
@@ -120,16 +120,26 @@ def assert_same_parameters(a: Path, b: Path) -> None:
         torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
+def tiny_lm_flags(tmp_path: Path) -> list[str]:
+    """sort_text on a 3k-parameter causal LM, with a reward that varies within groups."""
+    main(["init-model", "--out", str(tmp_path / "tiny"), "--task", "sort_text",
+          "--hidden-size", "16", "--layers", "1", "--heads", "2"])
+    return ["--task", "sort_text", "--n", "3", "--model", str(tmp_path / "tiny"), "--B", "8",
+            "--G", "8", "--no-progress", "--eval-limit", "4", "--heldout-size", "8", "--lr",
+            "1e-2", "--reward", "inclusion_adjacency"]
+
+
 @pytest.mark.slow
-def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path):
+@pytest.mark.parametrize("model", ["toy", "causal_lm"])
+def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
     script = tmp_path / "steps.py"
     script.write_text(STEPS_SCRIPT)
-    toy = " ".join(TOY)
-    one = subprocess.run([sys.executable, str(script), str(tmp_path), toy], env=env(),
-                         capture_output=True, text=True, timeout=120)
+    base = " ".join(TOY if model == "toy" else tiny_lm_flags(tmp_path))
+    one = subprocess.run([sys.executable, str(script), str(tmp_path), base], env=env(),
+                         capture_output=True, text=True, timeout=180)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(TORCHRUN + ["2", str(script), str(tmp_path), toy], env=env(),
-                         capture_output=True, text=True, timeout=120)
+    two = subprocess.run(TORCHRUN + ["2", str(script), str(tmp_path), base], env=env(),
+                         capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr
     for name in ("token_mean", "sequence_mean_kl", "constant_mu2"):
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",

@@ -3,17 +3,18 @@ train ...`, or `lmrl train --nproc N`, which runs that command).
 
 Every rank draws the same B prompts (the same generator, in the same state on every rank) and
 keeps its B/world share, so every group lives on one rank and Δ needs no communication. The
-sampling noise is the noise one process would draw for those prompts (policies/toy.py, `rows`),
-so the number of ranks changes no sample. After backward the gradients are summed over ranks,
-and the loss was divided by the count of the whole batch on all ranks (step.update): the
-objective, and so the parameters, are those of one process with B prompts, up to float rounding
+sampling noise is the noise one process would draw for those prompts (the policies' `rows`;
+a causal LM's ranks also agree on the longest response, to leave their generators in step), so
+the number of ranks changes no sample. After backward the gradients are summed over ranks, and
+the loss was divided by the count of the whole batch on all ranks (step.update): the objective,
+and so the parameters, are those of one process with B prompts, up to float rounding
 (tests/test_distributed.py checks). Rank 0 alone evaluates and writes the run directory.
 
 One process (no WORLD_SIZE, or WORLD_SIZE=1) creates no process group and every helper here is
 the identity: exactly the single-process code path.
 
-A collective waits at most TIMEOUT for the other ranks, so a rank that died ends the job with an
-error instead of a hang (torchrun also stops the other ranks when one exits with an error).
+A collective waits at most TIMEOUT for the other ranks, so a rank that hangs ends the job with an
+error instead of a hang; torchrun stops the other ranks at once when one exits with an error.
 """
 
 import datetime
@@ -25,7 +26,9 @@ from torch import Tensor
 
 from lmrl.errors import ConfigError, UserError
 
-TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("LMRL_DIST_TIMEOUT", "300")))
+# Long enough for rank 0's held-out evaluation, which the other ranks wait for in the next
+# step's first collective; a rank that *died* ends the job sooner (torchrun stops the others).
+TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("LMRL_DIST_TIMEOUT", "1800")))
 
 
 def launched() -> bool:
@@ -119,10 +122,14 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def gather(t: Tensor) -> Tensor:
-    """Every rank's tensor (all of one shape), concatenated along dim 0 in rank order."""
+def gather(t: Tensor, pad_last: bool = False) -> Tensor:
+    """Every rank's tensor, concatenated along dim 0 in rank order. All of one shape, or with
+    pad_last all but the last dimension, which is padded with zeros to the longest."""
     if world() == 1:
         return t
+    if pad_last:
+        longest = int(all_reduce([t.shape[-1]], "max")[0])
+        t = torch.nn.functional.pad(t, (0, longest - t.shape[-1]))
     parts = [torch.empty_like(t) for _ in range(world())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)

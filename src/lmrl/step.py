@@ -117,8 +117,10 @@ def gathered(batch: Batch) -> Batch:
     so that train/* describes the B prompts as one process would; the batch itself with one."""
     if distributed.world() == 1:
         return batch
-    fields = {n: getattr(batch, n) for n in ("rewards", "delta", "response_mask", "truncated")}
+    fields = {n: getattr(batch, n) for n in ("rewards", "delta", "truncated")}
     fields = {n: None if v is None else distributed.gather(v) for n, v in fields.items()}
+    # A causal LM's ranks stop sampling at different lengths T: padded to the longest.
+    fields["response_mask"] = distributed.gather(batch.response_mask, pad_last=True)
     table = {name: distributed.gather(v) for name, v in batch.table.items()}
     return Batch(batch.prompts, batch.responses, logp_ref=None, table=table, **fields)
 
@@ -137,7 +139,8 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
             else:
                 rows = distributed.share(tr.B)
                 rollout = policy.sample(inputs, tr.G, generator=state.generator, rows=rows)
-                prompts, inputs = prompts[rows], inputs[rows]  # (B', n)
+                share = torch.arange(rows.start, rows.stop)
+                prompts, inputs = _select(prompts, share), _select(inputs, share)  # B' prompts
     with clock("reward"):
         at_step(task, state.step, tr.steps)
         rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}

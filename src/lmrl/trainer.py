@@ -134,13 +134,7 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
 
 
 def check_data_parallel(cfg: Config) -> None:
-    """What several ranks can run today: the toy task, with B a multiple of the ranks."""
-    if distributed.world() == 1:
-        return
-    if not cfg.is_toy:
-        raise ConfigError("several processes (torchrun) train the toy task only for now: a "
-                          "causal LM's sampling noise depends on how prompts are split over "
-                          "ranks (README, Several processes); run it in one process")
+    """Several ranks need B to be a multiple of their number."""
     distributed.share(cfg.train.B)  # ConfigError unless B splits evenly
 
 
