@@ -9,6 +9,8 @@ waiting for the slower rank. The metrics' own small collectives (a few floats an
 scores) are outside it and inside the step.
 
     .venv/bin/python bench/ddp_throughput.py [--steps 200] [--B 32 --G 16]
+    .venv/bin/python bench/ddp_throughput.py --steps 10 --B 8 --G 8 \
+        --flags "--task sort_text --n 5 --model runs/m"     # a causal LM (lmrl init-model)
 """
 
 import argparse
@@ -71,9 +73,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--B", type=int, default=32)
     parser.add_argument("--G", type=int, default=16)
+    parser.add_argument("--flags", default="", help="more lmrl train flags, e.g. a model")
     args = parser.parse_args()
-    flags = f"--B {args.B} --G {args.G}"
-    print(f"toy task, default config with {flags}; {args.steps} timed steps each")
+    flags = f"--B {args.B} --G {args.G} {args.flags}".strip()
+    print(f"lmrl train {flags}; {args.steps} timed steps each after 5 warm-up steps")
     print(f"{'setting':<24} {'steps/s':>8} {'vs 1x1':>7} {'sample share':>13} "
           f"{'all-reduce share':>17}")
     base = None
