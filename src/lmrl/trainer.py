@@ -131,10 +131,14 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     """
     started = distributed.init()
     try:
-        return train_rank(cfg, policy, task, verbose)
-    finally:
+        summary = train_rank(cfg, policy, task, verbose)
+    except BaseException:
         if started:
             distributed.close()
+        raise
+    if started:
+        distributed.close(wait=True)
+    return summary
 
 
 def check_data_parallel(cfg: Config) -> None:
