@@ -441,7 +441,8 @@ class TextTask:
         completion_ids are its tokens (EOS included, no padding). What they log with
         log_metric / log_extra is kept in `self.logged` until the step's metrics take it."""
         context = context or RewardContext(trainer_state=self.progress)
-        context.completion_ids = completion_ids(rollout)
+        if any(r.trl for r in self.rewards):  # lmrl's own rewards never read the ids
+            context.completion_ids = completion_ids(rollout)
         self.logged = context
         return self.score(examples, rollout.texts, context)
 
