@@ -109,7 +109,7 @@ STEPS_SCRIPT = textwrap.dedent("""
             save_file({k: v.clone() for k, v in state.policy.state_dict().items()},
                       out / f"{name}-{distributed.world()}.safetensors")
             (out / f"{name}-{distributed.world()}.json").write_text(json.dumps(metrics))
-    distributed.close(wait=True)
+    distributed.close()
 """)
 
 

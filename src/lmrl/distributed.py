@@ -49,14 +49,8 @@ def init() -> bool:
     return True
 
 
-def close(wait: bool = False) -> None:
-    """Leave the process group. wait: first meet every rank (a normal end), so that no rank
-    tears its gloo connections down while another still uses them (seen to abort a rank with
-    "terminate called without an active exception"); not after an error, where a rank that
-    died would make the barrier wait for the whole timeout."""
+def close() -> None:
     if dist.is_initialized():
-        if wait:
-            dist.barrier()
         dist.destroy_process_group()
 
 

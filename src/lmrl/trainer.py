@@ -131,14 +131,10 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     """
     started = distributed.init()
     try:
-        summary = train_rank(cfg, policy, task, verbose)
-    except BaseException:
+        return train_rank(cfg, policy, task, verbose)
+    finally:
         if started:
             distributed.close()
-        raise
-    if started:
-        distributed.close(wait=True)
-    return summary
 
 
 def check_data_parallel(cfg: Config) -> None:
