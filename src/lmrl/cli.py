@@ -39,6 +39,7 @@ from lmrl.trl_names import hint as trl_hint
 USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
 
   lmrl train [--preset {presets}] [--config FILE] [options]   train one run (lmrl train --help)
+  lmrl train --nproc N [options]     the same run on N processes (torchrun; the toy task)
   lmrl sweep --grid delta=raw,centered [--grid ...] [--seeds 0 1] [--out DIR] [-- train options]
   lmrl plot RUN_DIR [RUN_DIR ...] [--metric eval/exact_match] [--out FILE]
   lmrl init-model --out DIR --task sort_text [task options]   a tiny causal LM + tokenizer
@@ -155,9 +156,35 @@ def _unboxed(text: str) -> str:
 
 
 def cmd_train(args: list[str]) -> None:
+    nproc, args = split_nproc(args)
+    if nproc > 1:
+        relaunch(nproc, args)
     from lmrl.trainer import train
 
     train(parse_config(args))
+
+
+def split_nproc(args: list[str]) -> tuple[int, list[str]]:
+    """`--nproc N` (a launcher flag, not part of the run's config) and the other arguments."""
+    for i, arg in enumerate(args):
+        if arg == "--nproc" or arg.startswith("--nproc="):
+            value = arg.partition("=")[2] if "=" in arg else \
+                (args[i + 1] if i + 1 < len(args) else "")
+            rest = args[:i] + args[i + (1 if "=" in arg else 2):]
+            if not value.isdigit() or int(value) < 1:
+                raise UsageError(f"--nproc takes a number of processes (1 or more), not "
+                                 f"{value!r}")
+            return int(value), rest
+    return 1, args
+
+
+def relaunch(nproc: int, args: list[str]) -> None:
+    """Become `torchrun --standalone --nproc_per_node N -m lmrl -- train ARGS` (the `--` keeps
+    torchrun from reading lmrl's flags, such as --n, as abbreviations of its own)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), "-m", "lmrl", "--", "train", *args]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 def cmd_sweep(args: list[str]) -> None:

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmrl import files
+from lmrl import distributed, files
 from lmrl.config import Config
 from lmrl.state import TrainState
-from lmrl.step import collect, reward_metrics
+from lmrl.step import collect, gathered, reward_metrics
 from lmrl.tasks import TASKS
 
 MOST = 0.5  # "most completions are truncated": more than this fraction
@@ -158,7 +158,9 @@ def preflight(state: TrainState, task, cfg: Config, run_dir: Path,
                                 reference=None)  # log-probs of the reference are not needed
     with rng_untouched():
         batch = collect(probe, task, cfg)
-    metrics = {"samples": cfg.train.B * cfg.train.G, **reward_metrics(batch, task)}
+    metrics = {"samples": cfg.train.B * cfg.train.G, **reward_metrics(gathered(batch), task)}
+    if not distributed.is_main():  # every rank collects its share; rank 0 reports the batch
+        return metrics
     found = findings(metrics, cfg, trained_rewards(task))
     record = {**metrics, "warnings": [f.message for f in found]}
     files.write_text(run_dir / "preflight.json", json.dumps(record, indent=2) + "\n")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
 from lmrl.deltas import compute_deltas
 from lmrl.errors import RewardError
@@ -107,8 +108,21 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
-    return {**reward_metrics(batch, task), **metrics, "train/ref_refreshed": float(refreshed),
-            **clock.metrics()}
+    return {**reward_metrics(gathered(batch), task), **metrics,
+            "train/ref_refreshed": float(refreshed), **clock.metrics()}
+
+
+def gathered(batch: Batch) -> Batch:
+    """With several ranks, the scores of the whole batch (every rank's share, in rank order),
+    so that train/* describes the B prompts as one process would; the batch itself with one."""
+    if distributed.world() == 1:
+        return batch
+    fields = {n: getattr(batch, n) for n in ("rewards", "delta", "truncated")}
+    fields = {n: None if v is None else distributed.gather(v) for n, v in fields.items()}
+    # A causal LM's ranks stop sampling at different lengths T: padded to the longest.
+    fields["response_mask"] = distributed.gather(batch.response_mask, pad_last=True)
+    table = {name: distributed.gather(v) for name, v in batch.table.items()}
+    return Batch(batch.prompts, batch.responses, logp_ref=None, table=table, **fields)
 
 
 def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None) -> Batch:
@@ -116,10 +130,17 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
     log-probs: the batch that the step's μ updates learn from."""
     tr, policy, clock = cfg.train, state.policy, clock or Stopwatch()
     with clock("sample"):
+        # Every rank draws the same B prompts; with several ranks each keeps its share, B'.
         prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
         inputs = policy.prepare(prompts)  # tokenized once for sampling and every pass
         with torch.no_grad():
-            rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
+            if distributed.world() == 1:
+                rollout = policy.sample(inputs, tr.G, generator=state.generator)  # (B, G, T)
+            else:
+                rows = distributed.share(tr.B)
+                rollout = policy.sample(inputs, tr.G, generator=state.generator, rows=rows)
+                share = torch.arange(rows.start, rows.stop)
+                prompts, inputs = _select(prompts, share), _select(inputs, share)  # B' prompts
     with clock("reward"):
         at_step(task, state.step, tr.steps)
         rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
@@ -153,6 +174,7 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     # causal LM stops sampling when its longest response ends).
     denominator = loss_denominator(batch.response_mask, a.aggregation,
                                    constant=state.policy.token_budget)
+    denominator = distributed.all_reduce([denominator])[0]  # the count over all ranks
     kept = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
     logp_old: list[Tensor] | None = None
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
@@ -167,13 +189,14 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     state.scheduler.step()
     state.step += 1
+    groups = distributed.all_reduce([len(kept.delta), len(batch.delta)])
     return {
         **diag,
         "train/skipped_nonfinite_loss": skipped["loss"],  # passes of this step
         "train/skipped_nonfinite_grad": skipped["gradient"],
         "train/lr": lr,
         "train/skipped_updates": state.skipped_updates,  # in the whole run
-        "train/updated_group_frac": len(kept.delta) / len(batch.delta),
+        "train/updated_group_frac": groups[0] / groups[1],
     }
 
 
@@ -200,10 +223,15 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
         stored.append(old)
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
         parts.append((mb.response_mask.sum().item(), diag))
+    if distributed.world() > 1:
+        with clock("all_reduce"):  # the gradient of the whole batch, before clipping sees it
+            distributed.sum_gradients(list(state.policy.parameters()))
     with clock("optimizer"):  # clipping, the finiteness check and the step
         grad_norm = grad_clip(state, cfg.train.grad_clip)
         diag = combine(parts)
         diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
+        if distributed.world() > 1:  # every rank then skips, or steps, alike
+            diag = combine_ranks(diag, sum(w for w, _ in parts))
         diag["policy/grad_norm"] = grad_norm
         # A non-finite loss or gradient would turn every weight into NaN: skip the update (the
         # trainer counts skips and stops the run after train.max_skipped in a row).
@@ -259,6 +287,22 @@ def combine(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
             out[key] = max(values)
         else:
             out[key] = sum(w * d[key] for w, d in parts) / total
+    return out
+
+
+def combine_ranks(diag: dict[str, float], weight: float) -> dict[str, float]:
+    """combine over ranks: token-weighted means, min/max, and loss/total summed (each rank's
+    share is already divided by the whole batch's count)."""
+    keys = sorted(diag)
+    lows = [k for k in keys if k.endswith("_min")]
+    highs = [k for k in keys if k.endswith("_max")]
+    means = [k for k in keys if k not in lows and k not in highs and k != "loss/total"]
+    sums = distributed.all_reduce([weight * diag[k] for k in means] + [weight, diag["loss/total"]])
+    total = sums[-2] or 1.0
+    out = {k: v / total for k, v in zip(means, sums[:-2], strict=True)}
+    out["loss/total"] = sums[-1]
+    out.update(zip(lows, distributed.all_reduce([diag[k] for k in lows], "min"), strict=True))
+    out.update(zip(highs, distributed.all_reduce([diag[k] for k in highs], "max"), strict=True))
     return out
 
 

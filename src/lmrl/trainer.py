@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmrl import checkpoint, config_files, files
+from lmrl import checkpoint, config_files, distributed, files
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
@@ -127,14 +127,36 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
           verbose: bool = True) -> dict:
     """Run a whole training job; returns the summary (also written to summary.json).
 
+    Under torchrun, every rank runs this; rank 0 alone writes the run directory (distributed.py).
+    """
+    started = distributed.init()
+    try:
+        return train_rank(cfg, policy, task, verbose)
+    finally:
+        if started:
+            distributed.close()
+
+
+def check_data_parallel(cfg: Config) -> None:
+    """Several ranks need B to be a multiple of their number."""
+    distributed.share(cfg.train.B)  # ConfigError unless B splits evenly
+
+
+def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
+               verbose: bool) -> dict:
+    """One rank's (or the only process's) run.
+
     Order of events: the run directory is checked, the checkpoint (with --resume), the task's
     data and the model load, and only then is the run directory created or (--overwrite) the
     old run in it replaced, so a run that cannot start destroys nothing."""
     configure_threads(cfg.train.threads, "toy" if cfg.is_toy else "lm")
+    check_data_parallel(cfg)
+    main = distributed.is_main()  # the other ranks read the checkpoint, and write nothing
+    verbose = verbose and main
     check_installed(cfg.log.logger)
     run_dir = Path(cfg.log.run_dir or default_run_dir())
-    files.check_output(run_dir, "train", overwrite=cfg.log.overwrite, resume=cfg.log.resume,
-                       inputs=model_inputs(cfg))
+    distributed.on_main(files.check_output, run_dir, "train", overwrite=cfg.log.overwrite,
+                        resume=cfg.log.resume, inputs=model_inputs(cfg))
     saved, saved_path = load_resume_point(cfg, run_dir)
     task = task if task is not None else build_task(cfg)
     if cfg.log.eval_samples and getattr(task, "correctness", "") is None:
@@ -143,12 +165,17 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
     if policy is None:
         policy = build_policy(cfg, getattr(task, "max_new_tokens", 64))
     check_coverage(task, policy)  # before the run directory: a character the model cannot read
-    files.claim_output(run_dir, "train", replace=cfg.log.overwrite, known=RUN_ENTRIES)
+    distributed.on_main(files.claim_output, run_dir, "train", replace=cfg.log.overwrite,
+                        known=RUN_ENTRIES)
+    distributed.broadcast_parameters(policy)
     state = build_state(cfg, policy)
-    if saved is not None:
+    if saved is not None and main:
         resume(state, saved, run_dir)
-    files.write_text(run_dir / "config.json", cfg.to_json())
-    files.write_text(run_dir / "config.yaml", config_files.to_yaml(cfg))
+    elif saved is not None:
+        state.load_state_dict(saved)  # the global state: generators are in step on all ranks
+    if main:
+        files.write_text(run_dir / "config.json", cfg.to_json())
+        files.write_text(run_dir / "config.yaml", config_files.to_yaml(cfg))
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
@@ -156,6 +183,8 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
         preflight(state, task, cfg, run_dir, say)
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
+    if not main:
+        return {"steps": state.step, "rank": distributed.rank()}
     summary = finish(state, task, cfg, run_dir, last_eval)
     say(format_summary(summary, run_dir))
     return summary
@@ -172,18 +201,24 @@ def describe_checkpoints(cfg: Config) -> str:
 
 def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSignals,
              verbose: bool) -> dict[str, float]:
-    """The visible outer loop; returns the last held-out evaluation."""
-    logger = MetricsLogger(run_dir, cfg.log.logger, config=cfg.to_dict(), append=cfg.log.resume)
-    sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
-    watch = Watch(cfg, task, run_dir)  # the pre-flight's warnings, when they persist
+    """The visible outer loop; returns the last held-out evaluation. With several ranks, every
+    rank runs the steps and rank 0 alone evaluates, logs and checkpoints."""
+    main = distributed.is_main()
+    if main:
+        logger = MetricsLogger(run_dir, cfg.log.logger, config=cfg.to_dict(),
+                               append=cfg.log.resume)
+        sample_log = SampleLog(run_dir, append=cfg.log.resume, echo=verbose)
+        watch = Watch(cfg, task, run_dir)  # the pre-flight's warnings, when they persist
+    else:
+        logger = sample_log = watch = NoOutput()
     last_eval: dict[str, float] = {}
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
-    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress,
+    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress or not main,
                desc="train", dynamic_ncols=True, mininterval=1.0)
     t_start, base_wall = time.perf_counter(), state.wall_seconds
     last_save = t_start
     try:
-        if state.step == 0 and not cfg.log.resume:
+        if state.step == 0 and not cfg.log.resume and main:
             last_eval, samples = evaluate(state, task, cfg)
             logger.log(0, last_eval)
             sample_log.write(0, samples)
@@ -196,8 +231,8 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             check_skips(state, cfg, metrics)
             watch.check(state.step, metrics)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
-            if state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps or \
-                    out_of_time:
+            if main and (state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps
+                         or out_of_time):
                 last_eval, samples = evaluate(state, task, cfg)
                 metrics.update(last_eval)
                 sample_log.write(state.step, samples)
@@ -208,25 +243,34 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
                             heldout=f"{headline(last_eval):.3f}",
                             refresh=False)  # redraw at tqdm's own interval, not every step
-            if checkpoint_due(cfg, state.step, time.perf_counter() - last_save):
+            if main and checkpoint_due(cfg, state.step, time.perf_counter() - last_save):
                 save_checkpoint(state, cfg, run_dir)
                 last_save = time.perf_counter()
-            if out_of_time:
+            # Every rank leaves after the same step (a no-op check with one process).
+            if distributed.any_rank(out_of_time or stop.signum is not None):
                 break
     except BaseException:
         bar.close()  # before save_after_failure's message
-        save_after_failure(state, cfg, run_dir, good)
+        if main:
+            save_after_failure(state, cfg, run_dir, good)
         raise
     finally:
         bar.close()
         logger.close()
         sample_log.close()
-    if stop.signum is not None:
+    if stop.signum is not None and main:  # the other ranks left the loop at the same step
         path = save_checkpoint(state, cfg, run_dir)
         raise RunInterrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after "
                              f"step {state.step}; checkpoint saved to {path}. Resume with: "
                              f"{resume_command(cfg, run_dir)}")
     return last_eval
+
+
+class NoOutput:
+    """The logger, sample log and watch of a rank other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
 
 def finish(state: TrainState, task, cfg: Config, run_dir: Path,

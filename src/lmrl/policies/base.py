@@ -32,8 +32,10 @@ class Policy(Protocol):
         ...
 
     def sample(self, prompts, num_samples: int, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> Rollout:
-        """G = num_samples responses per prompt; temperature 0 means greedy."""
+               temperature: float = 1.0, rows: slice | None = None) -> Rollout:
+        """G = num_samples responses per prompt; temperature 0 means greedy. rows (data
+        parallel only): sample prompts[rows] alone, with the random draws that sampling all the
+        prompts would give them, and leave the generator where that would."""
         ...
 
     def logprobs(self, prompts, responses: Tensor, response_mask: Tensor,

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
-from lmrl import files
+from lmrl import distributed, files
 from lmrl.errors import ConfigError
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
@@ -87,11 +87,13 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
-                  generator: torch.Generator | None) -> Tensor:
+                  generator: torch.Generator | None, noise_rows: tuple[int, slice] | None = None
+                  ) -> Tensor:
     """One token per row. (N, V) -> (N,).
 
     Sampling is by inverse CDF with one uniform per row drawn from `generator` on its own device,
-    so a CPU generator also drives a model on GPU.
+    so a CPU generator also drives a model on GPU. noise_rows (total, rows): these N rows are
+    rows of a batch of `total`; draw that batch's uniforms and use theirs (data parallel).
     """
     if temperature == 0.0:
         return logits.argmax(dim=-1)
@@ -107,7 +109,11 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(dim=-1)
     device = generator.device if generator is not None else logits.device
-    u = torch.rand((len(cdf), 1), generator=generator, device=device).to(cdf.device)
+    if noise_rows is None:
+        u = torch.rand((len(cdf), 1), generator=generator, device=device).to(cdf.device)
+    else:
+        total, rows = noise_rows
+        u = torch.rand((total, 1), generator=generator, device=device)[rows].to(cdf.device)
     # First index whose cdf exceeds u·total: never a zero-probability token.
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1)
     return token.squeeze(-1) if order is None else order.gather(-1, token).squeeze(-1)
@@ -404,15 +410,26 @@ class HFPolicy(nn.Module):
     def sample(self, prompts: "list[str] | PromptBatch", num_samples: int,
                generator: torch.Generator | None = None, temperature: float | None = None,
                max_new_tokens: int | None = None, top_k: int | None = None,
-               top_p: float | None = None) -> TextRollout:
+               top_p: float | None = None, rows: slice | None = None) -> TextRollout:
         """G = num_samples responses per prompt. -> (B, G, T).
+
+        rows: sample only prompts[rows] (-> (B', G, T)), with the random draws that a call on
+        all B prompts gives them (data parallel, distributed.py): each token draws all B·G
+        uniforms and keeps these rows' ones, and afterwards the ranks agree on the longest
+        response and draw the uniforms of the tokens this rank did not need, so that the
+        generator ends where one process's would (it draws the next step's prompts). Every rank
+        must then call sample alike.
 
         temperature None samples π (the policy's own temperature), 0 is greedy, any other value
         samples at that temperature. The prompt is encoded once per prompt and its KV cache
         repeated G times; then one forward pass per new token over all N rows, until every row
         has emitted EOS, completed a stop string, or reached max_new_tokens.
         """
-        batch = self.encode(prompts)
+        batch = self.encode(prompts)  # all B: the padded width is one process's
+        total = len(batch) * num_samples
+        if rows is not None:
+            batch = batch.select(torch.arange(rows.start, rows.stop))
+            noise_rows = (total, slice(rows.start * num_samples, rows.stop * num_samples))
         B, G = len(batch), num_samples
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         top_k = self.top_k if top_k is None else top_k
@@ -430,7 +447,8 @@ class HFPolicy(nn.Module):
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
         tokens, logps, alive = [], [], []
         for t in range(max_new):
-            token = choose_tokens(logits, scale, top_k, top_p, generator)  # (N,)
+            token = choose_tokens(logits, scale, top_k, top_p, generator,
+                                  None if rows is None else noise_rows)  # (N,)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
             alive.append(~done)
             tokens.append(token.masked_fill(done, self.pad_id))
@@ -441,6 +459,11 @@ class HFPolicy(nn.Module):
             if t == max_new - 1 or bool(done.all()):
                 break
             logits = next_logits(tokens[-1], t)
+        if rows is not None and scale != 0.0:
+            longest = int(distributed.all_reduce([len(tokens)], "max")[0])
+            for _ in range(longest - len(tokens)):  # as choose_tokens draws: one call per token
+                torch.rand((total, 1), generator=generator,
+                           device=generator.device if generator is not None else self.device)
         responses = torch.stack(tokens, dim=1).reshape(B, G, -1)  # (B, G, T)
         response_mask = torch.stack(alive, dim=1).float().reshape(B, G, -1)
         return TextRollout(

@@ -81,15 +81,23 @@ class ToySortPolicy(nn.Module):
             save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp)
 
     def sample(self, prompts: Tensor, num_samples: int, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> Rollout:
-        """G independent responses per prompt; temperature 0 is greedy. -> (B, G, P)."""
-        logits = self.logits(prompts)  # (B, P, V)
+               temperature: float = 1.0, rows: slice | None = None) -> Rollout:
+        """G independent responses per prompt; temperature 0 is greedy. -> (B, G, P).
+
+        rows: sample only prompts[rows] (B' of them -> (B', G, P)), with the random draws that a
+        call on all B prompts gives those rows. Data parallel (distributed.py) passes each
+        rank's share, so the number of ranks changes no sample."""
+        logits = self.logits(prompts if rows is None else prompts[rows])  # (B', P, V)
         B, P, V = logits.shape
         if temperature == 0.0:
             responses = logits.argmax(dim=-1).unsqueeze(1).expand(B, num_samples, P)
         else:
             probs = torch.softmax(logits.reshape(B * P, V) / temperature, dim=-1)
+            if rows is not None:
+                probs = _in_whole_batch(probs, rows, len(prompts) * P, P)
             draws = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+            if rows is not None:
+                draws = draws[rows.start * P:rows.stop * P]
             responses = draws.reshape(B, P, num_samples).transpose(1, 2)
         return Rollout(responses.contiguous(), torch.ones(responses.shape))
 
@@ -106,3 +114,12 @@ class ToySortPolicy(nn.Module):
             with torch.no_grad():
                 entropy = entropy_from_logits(logits).unsqueeze(1).expand_as(logp)
         return logp, entropy
+
+
+def _in_whole_batch(probs: Tensor, rows: slice, total: int, P: int) -> Tensor:
+    """probs (B'·P, V) placed at rows' positions in a (B·P, V) table whose other rows are
+    uniform: torch.multinomial's draws for a row depend on the table's shape and that row
+    only, so sampling the table gives these rows the draws of the whole-batch call."""
+    table = probs.new_full((total, probs.shape[1]), 1.0 / probs.shape[1])
+    table[rows.start * P:rows.stop * P] = probs
+    return table
