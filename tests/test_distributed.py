@@ -97,6 +97,9 @@ STEPS_SCRIPT = textwrap.dedent("""
              "sequence_mean_kl": ["--aggregation", "sequence_mean", "--kl-weight", "0.1",
                                   "--grad-accum", "2"],
              "constant_mu2": ["--aggregation", "constant", "--mu", "2"]}
+    if "--model" in base:  # LoRA, with the KL term to the adapters-off reference
+        cases["lora_kl"] = ["--lora-r", "4", "--lora-target-modules", "all-linear",
+                            "--kl-weight", "0.1", "--aggregation", "token_mean"]
     for name, flags in cases.items():
         cfg = parse_config(base + flags)
         state, task, metrics = build_state(cfg), build_task(cfg), []
@@ -141,7 +144,8 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
     two = subprocess.run(TORCHRUN + ["2", str(script), str(tmp_path), base], env=env(),
                          capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr
-    for name in ("token_mean", "sequence_mean_kl", "constant_mu2"):
+    cases = ["token_mean", "sequence_mean_kl", "constant_mu2"]
+    for name in cases + (["lora_kl"] if model == "causal_lm" else []):
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",
                                tmp_path / f"{name}-2.safetensors")
         assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),

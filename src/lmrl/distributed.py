@@ -97,10 +97,13 @@ def any_rank(flag: bool) -> bool:
 
 
 def sum_gradients(params: list[Tensor]) -> None:
-    """Sum every parameter's gradient over ranks, in one flat buffer (one collective per
-    optimizer step). A parameter without a gradient on this rank adds zeros (its .grad is set)."""
+    """Sum every trained parameter's gradient over ranks, in one flat buffer (one collective per
+    optimizer step). A trained parameter without a gradient on this rank adds zeros (its .grad
+    is set). Frozen parameters (LoRA's base weights) are left alone: no gradient buffer of the
+    whole model, and only the adapters travel."""
     if world() == 1:
         return
+    params = [p for p in params if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
