@@ -66,6 +66,22 @@ def test_several_ranks_check_the_batch_before_anything_loads(monkeypatch):
         check_data_parallel(parse_config([*TOY, "--B", "7"]))
 
 
+def test_an_unknown_backend_is_refused_before_joining(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LMRL_DIST_BACKEND", "mpi")
+    with pytest.raises(ConfigError, match="LMRL_DIST_BACKEND='mpi': use nccl or gloo"):
+        distributed.init()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_the_gpu_check_says_it_needs_a_gpu():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PY": sys.executable}, timeout=60)
+    assert done.returncode == 2
+    assert "no CUDA device here" in done.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "two"])
 def test_nproc_takes_a_positive_number(value, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -109,7 +125,8 @@ STEPS_SCRIPT = textwrap.dedent("""
             everyone = distributed.gather(flat[None])
             assert bool((everyone == everyone[0]).all()), f"{name}: ranks differ, step {step}"
         if distributed.is_main():
-            save_file({k: v.clone() for k, v in state.policy.state_dict().items()},
+            weights = state.policy.state_dict().items()
+            save_file({k: v.detach().cpu().clone() for k, v in weights},
                       out / f"{name}-{distributed.world()}.safetensors")
             (out / f"{name}-{distributed.world()}.json").write_text(json.dumps(metrics))
     distributed.close()

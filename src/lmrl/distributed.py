@@ -38,13 +38,19 @@ def launched() -> bool:
 
 def init() -> bool:
     """Join the process group that torchrun's environment describes (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT): gloo on CPU, nccl when CUDA is there. Nothing for one process,
+    MASTER_ADDR, MASTER_PORT): gloo on CPU, nccl when CUDA is there (LMRL_DIST_BACKEND
+    overrides: gloo runs on CUDA tensors too). Nothing for one process,
     nor when the caller made the group. Returns whether this call made it."""
     if not launched() or dist.is_initialized():
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = os.environ.get("LMRL_DIST_BACKEND") or ("nccl" if torch.cuda.is_available()
+                                                      else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"LMRL_DIST_BACKEND={backend!r}: use nccl or gloo")
+    if torch.cuda.is_available():
+        # One GPU per rank; with fewer GPUs than ranks (a test on one GPU, under gloo: nccl
+        # refuses two ranks on one device) the ranks share them.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=TIMEOUT)
     return True
 
@@ -77,6 +83,7 @@ def share(B: int) -> slice:
 
 
 def _device() -> torch.device:
+    """Where plain numbers travel: nccl moves CUDA tensors only, gloo either."""
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
