@@ -31,7 +31,9 @@ TOY = ["--n", "4", "--V", "6", "--heldout-size", "20", "--B", "8", "--G", "4", "
 
 def env() -> dict:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "LMRL_DIST_TIMEOUT": "60"}
+    # PYTHONFAULTHANDLER: a rank that aborts prints every thread's Python stack.
+    return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "LMRL_DIST_TIMEOUT": "60",
+            "PYTHONFAULTHANDLER": "1"}
 
 
 def test_toy_samples_a_share_with_the_whole_batch_draws():
@@ -49,6 +51,7 @@ def test_one_process_is_the_identity():
     assert distributed.share(7) == slice(0, 7)
     assert distributed.all_reduce([1.5, 2.0]) == [1.5, 2.0]
     assert distributed.any_rank(True) and not distributed.any_rank(False)
+    assert distributed.pooled_means({"a": [1.0, 2.0], "b": [], "c": [4.0]}) == {"a": 1.5, "c": 4.0}
 
 
 def test_prompts_must_split_evenly(monkeypatch):
@@ -140,13 +143,24 @@ def assert_same_parameters(a: Path, b: Path) -> None:
         torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
+# A TRL-style reward function that logs a mean with log_metric: each rank logs its share's,
+# and rank 0's train/completion_chars must pool them into the whole batch's.
+LOGGING_REWARD = textwrap.dedent("""
+    def chars(completions, log_metric, **kwargs):
+        log_metric("completion_chars", sum(map(len, completions)) / len(completions))
+        return [0.0] * len(completions)
+""")
+
+
 def tiny_lm_flags(tmp_path: Path) -> list[str]:
-    """sort_text on a 3k-parameter causal LM, with a reward that varies within groups."""
+    """sort_text on a 3k-parameter causal LM, with a reward that varies within groups and one
+    that logs a metric (importable by the scripts, which run from tmp_path)."""
     main(["init-model", "--out", str(tmp_path / "tiny"), "--task", "sort_text",
           "--hidden-size", "16", "--layers", "1", "--heads", "2"])
+    (tmp_path / "logging_reward.py").write_text(LOGGING_REWARD)
     return ["--task", "sort_text", "--n", "3", "--model", str(tmp_path / "tiny"), "--B", "8",
             "--G", "8", "--no-progress", "--eval-limit", "4", "--heldout-size", "8", "--lr",
-            "1e-2", "--reward", "inclusion_adjacency"]
+            "1e-2", "--reward", "inclusion_adjacency", "--reward-fns", "logging_reward:chars"]
 
 
 @pytest.mark.slow
@@ -165,17 +179,19 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
     for name in cases + (["lora_kl"] if model == "causal_lm" else []):
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",
                                tmp_path / f"{name}-2.safetensors")
-        assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),
-                            json.loads((tmp_path / f"{name}-2.json").read_text()))
+        keys = assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),
+                                   json.loads((tmp_path / f"{name}-2.json").read_text()))
+        assert (model == "causal_lm") == ("train/completion_chars" in keys)
 
 
-def assert_same_metrics(one: list[dict], two: list[dict]) -> None:
+def assert_same_metrics(one: list[dict], two: list[dict]) -> set[str]:
     """Every step's metrics but the timings (two ranks add time/all_reduce)."""
     for a, b in zip(one, two, strict=True):
         keys = {k for k in a if not k.startswith("time/")}
         assert keys == {k for k in b if not k.startswith("time/")}
         for key in keys:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    return keys
 
 
 def lmrl_train(args: list[str], cwd: Path, nproc: int = 1) -> subprocess.CompletedProcess:

@@ -145,6 +145,23 @@ def gather(t: Tensor, pad_last: bool = False) -> Tensor:
     return torch.cat(parts)
 
 
+def pooled_means(values: dict[str, list[float]]) -> dict[str, float]:
+    """Each name's mean over the values every rank holds under it (reward functions'
+    log_metric: a rank may log a name the others did not). One object gather: names and counts
+    differ between ranks, so a fixed-shape all_reduce would not do."""
+    if world() == 1:
+        return {name: sum(v) / len(v) for name, v in values.items() if v}
+    parts = [None] * world()
+    dist.all_gather_object(parts, {name: (sum(v), len(v)) for name, v in values.items() if v})
+    pooled: dict[str, list[float]] = {}
+    for part in parts:
+        for name, (total, count) in part.items():
+            pooled.setdefault(name, [0.0, 0])
+            pooled[name][0] += total
+            pooled[name][1] += count
+    return {name: total / count for name, (total, count) in pooled.items()}
+
+
 def on_main(action, *args, **kwargs) -> None:
     """action(*args, **kwargs) on rank 0 alone (checking and claiming the run directory), then
     every rank learns whether it failed: rank 0 raises its error and the others a short one

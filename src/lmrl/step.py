@@ -348,9 +348,10 @@ def reward_metrics(batch: Batch, task) -> dict[str, float]:
     if bool(rewards.isnan().any()):  # a TRL-style None: the statistics of what was scored
         out.update(scored_metrics(rewards, table))
     logged = getattr(task, "logged", None)  # what reward functions sent to log_metric
-    for name, values in (logged.metrics.items() if logged else ()):
+    means = distributed.pooled_means(dict(logged.metrics) if logged else {})
+    for name, mean in means.items():
         key = f"train/{name}"  # as TRL names it, unless that is one of lmrl's own keys
-        out[f"train/log_metric/{name}" if key in out else key] = sum(values) / len(values)
+        out[f"train/log_metric/{name}" if key in out else key] = mean
     return out
 
 
