@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from lmrl import distributed
 from lmrl.cli import main, parse_config
-from lmrl.errors import ConfigError
+from lmrl.errors import ConfigError, UserError
 from lmrl.policies.toy import ToySortPolicy
 from lmrl.trainer import check_data_parallel
 
@@ -105,6 +106,7 @@ STEPS_SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     from lmrl import distributed
     from lmrl.cli import parse_config
+    from lmrl.sharding import full
     from lmrl.state import build_state
     from lmrl.step import grpo_step
     from lmrl.trainer import build_task
@@ -116,7 +118,7 @@ STEPS_SCRIPT = textwrap.dedent("""
              "sequence_mean_kl": ["--aggregation", "sequence_mean", "--kl-weight", "0.1",
                                   "--grad-accum", "2"],
              "constant_mu2": ["--aggregation", "constant", "--mu", "2"]}
-    if "--model" in base:  # LoRA, with the KL term to the adapters-off reference
+    if "--model" in base and "--fsdp" not in base:  # LoRA, with a KL term to the base model
         cases["lora_kl"] = ["--lora-r", "4", "--lora-target-modules", "all-linear",
                             "--kl-weight", "0.1", "--aggregation", "token_mean"]
     for name, flags in cases.items():
@@ -124,12 +126,13 @@ STEPS_SCRIPT = textwrap.dedent("""
         state, task, metrics = build_state(cfg), build_task(cfg), []
         for step in range(3):
             metrics.append(grpo_step(state, task, cfg))
-            flat = torch.cat([p.detach().reshape(-1) for p in state.policy.parameters()])
+            # Whole parameters (gathered when sharded), as every rank holds them.
+            params = full(state.policy.state_dict())
+            flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
             everyone = distributed.gather(flat[None])
             assert bool((everyone == everyone[0]).all()), f"{name}: ranks differ, step {step}"
         if distributed.is_main():
-            weights = state.policy.state_dict().items()
-            save_file({k: v.detach().cpu().clone() for k, v in weights},
+            save_file({k: v.detach().cpu().clone() for k, v in params.items()},
                       out / f"{name}-{distributed.world()}.safetensors")
             (out / f"{name}-{distributed.world()}.json").write_text(json.dumps(metrics))
     distributed.close()
@@ -164,7 +167,7 @@ def tiny_lm_flags(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["toy", "causal_lm"])
+@pytest.mark.parametrize("model", ["toy", "causal_lm", "causal_lm_fsdp"])
 def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
     script = tmp_path / "steps.py"
     script.write_text(STEPS_SCRIPT)
@@ -172,8 +175,9 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
     one = subprocess.run([sys.executable, str(script), str(tmp_path), base], env=env(),
                          capture_output=True, text=True, timeout=180)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(TORCHRUN + ["2", str(script), str(tmp_path), base], env=env(),
-                         capture_output=True, text=True, timeout=180)
+    sharded = " --fsdp" if model == "causal_lm_fsdp" else ""  # one process is never sharded
+    two = subprocess.run(TORCHRUN + ["2", str(script), str(tmp_path), base + sharded], env=env(),
+                         capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr
     cases = ["token_mean", "sequence_mean_kl", "constant_mu2"]
     for name in cases + (["lora_kl"] if model == "causal_lm" else []):
@@ -181,7 +185,7 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
                                tmp_path / f"{name}-2.safetensors")
         keys = assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),
                                    json.loads((tmp_path / f"{name}-2.json").read_text()))
-        assert (model == "causal_lm") == ("train/completion_chars" in keys)
+        assert (model != "toy") == ("train/completion_chars" in keys)
 
 
 def assert_same_metrics(one: list[dict], two: list[dict]) -> set[str]:
@@ -224,6 +228,62 @@ def test_torchrun_writes_one_run_directory_that_resumes_on_one_process(tmp_path)
     assert_same_metrics(*logged)
     assert json.loads((tmp_path / "r/preflight.json").read_text()) == \
         json.loads((tmp_path / "two/r/preflight.json").read_text())
+
+
+@pytest.mark.slow
+def test_fsdp_writes_a_run_directory_of_whole_weights_that_resumes_on_one_process(tmp_path):
+    """A sharded run (with a sharded reference) writes the checkpoints and model/ of an unsharded
+    run: the same weights as one process's, and both resume on one process alike."""
+    flags = [*tiny_lm_flags(tmp_path), "--kl-weight", "0.1", "--eval-every", "1", "--run-dir", "r"]
+
+    def train(cwd: Path, more: list[str], nproc: int = 1) -> None:
+        launch = TORCHRUN + [str(nproc), "-m", "lmrl", "--"] if nproc > 1 else \
+            [sys.executable, "-m", "lmrl"]
+        done = subprocess.run(launch + ["train", *flags, *more], cwd=cwd, env=env(),
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    train(tmp_path / "two", ["--steps", "2", "--fsdp"], nproc=2)
+    train(tmp_path / "one", ["--steps", "2"])
+    assert os.listdir(tmp_path / "two") == ["r"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "two/r/model")
+    unsharded = load_file(tmp_path / "one/r/model/model.safetensors")
+    for key, value in model.state_dict().items():
+        if key in unsharded:  # a tied head is saved once
+            torch.testing.assert_close(value, unsharded[key], rtol=1e-5, atol=1e-5, msg=key)
+    train(tmp_path / "one", ["--steps", "4", "--resume"])
+    train(tmp_path / "two", ["--steps", "4", "--resume", "--no-fsdp"])  # on one process
+    assert_same_parameters(tmp_path / "one/r/model/model.safetensors",
+                           tmp_path / "two/r/model/model.safetensors")
+    logged = [[json.loads(line) for line in (tmp_path / run / "r/metrics.jsonl").open()]
+              for run in ("one", "two")]
+    assert [m["step"] for m in logged[1]] == [0, 1, 2, 3, 4]  # rank 0 logged, once
+    assert_same_metrics(*logged)
+
+
+def fsdp_lm_flags(*more: str) -> list[str]:
+    return ["--task", "sort_text", "--model", "some/model", "--fsdp", *more]
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([*TOY, "--fsdp"], "toy"),
+    (fsdp_lm_flags("--lora-r", "4"), "LoRA"),
+    (fsdp_lm_flags("--forward", "lmrl"), "transformers'"),
+    (fsdp_lm_flags("--compile"), "transformers'"),
+])
+def test_fsdp_refuses_what_it_cannot_shard(flags, message):
+    with pytest.raises(UserError, match=f"(?s)train.fsdp .*{message}"):  # the usage error
+        parse_config(flags)
+
+
+def test_fsdp_needs_several_processes(monkeypatch):
+    cfg = parse_config(fsdp_lm_flags())
+    with pytest.raises(ConfigError, match="--nproc N"):
+        check_data_parallel(cfg)
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    check_data_parallel(cfg)
 
 
 FAILING_SCRIPT = textwrap.dedent("""

@@ -215,6 +215,11 @@ class TrainConfig:
     """Clip the gradient norm to this value; 0 disables."""
     grad_accum: int = 1
     """Split each step's prompts into this many micro-batches (same objective, less memory)."""
+    fsdp: bool = False
+    """Shard a causal LM's weights, gradients and optimizer state over the processes (FSDP2,
+    with --nproc N >= 2), and the reference policy's weights too: for models that do not fit
+    one device. Runs transformers' forward (lmrl's reads whole weights); the same run as
+    without it, up to float rounding."""
     steps: int = 3000
     """Training steps (one step = sample, score, μ updates)."""
     time_limit: float = 0.0
@@ -449,6 +454,7 @@ def validate(cfg: Config) -> None:
     _check_ranges(cfg)
     _reject_ignored(cfg)
     _check_lora(cfg)
+    _check_fsdp(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
 
@@ -549,6 +555,24 @@ def check_device(device: str) -> None:
         raise ConfigError(f"policy.device={device!r}: lmrl runs on cpu, cuda or mps")
 
 
+def _check_fsdp(cfg: Config) -> None:
+    """What sharding cannot combine with (the number of processes is checked at launch:
+    trainer.check_data_parallel)."""
+    p = cfg.policy
+    if not cfg.train.fsdp:
+        return
+    if cfg.is_toy:
+        raise ConfigError("train.fsdp shards a causal LM's decoder layers; the toy model has none "
+                          "(drop --fsdp)")
+    if p.lora_r:
+        raise ConfigError("train.fsdp with LoRA (policy.lora_r > 0) is not supported: LoRA "
+                          "already keeps one trainable copy of little memory; drop one of them")
+    if p.forward == "lmrl" or p.compile:
+        raise ConfigError("train.fsdp runs transformers' forward: lmrl's own forward (and "
+                          "compile, which compiles it) reads whole weights, which FSDP holds in "
+                          "shards; use --forward auto or transformers, without --compile")
+
+
 def describe(cfg: Config) -> str:
     """Derived behaviour, printed once at start."""
     a = cfg.algo
@@ -574,6 +598,8 @@ def describe(cfg: Config) -> str:
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
         f"lr={cfg.lr} ({cfg.train.schedule}, {cfg.train.warmup_steps} warm-up steps), "
         f"grad clip {cfg.train.grad_clip or 'off'}, {cfg.train.grad_accum} micro-batch(es)",
+        *(["sharding: FSDP2, the policy's and the reference's weights, gradients and optimizer "
+           "state split over the processes; transformers' forward"] if cfg.train.fsdp else []),
     ])
 
 

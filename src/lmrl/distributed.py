@@ -82,8 +82,9 @@ def share(B: int) -> slice:
     return slice(rank() * size, (rank() + 1) * size)
 
 
-def _device() -> torch.device:
-    """Where plain numbers travel: nccl moves CUDA tensors only, gloo either."""
+def device() -> torch.device:
+    """Where the collectives' tensors live: CUDA with nccl (it moves CUDA tensors only), else
+    the CPU (gloo moves either)."""
     return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -91,7 +92,7 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     """Elementwise sum / min / max of plain numbers over ranks (float64, so counts stay exact)."""
     if world() == 1 or not values:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    t = torch.tensor(values, dtype=torch.float64, device=device())
     dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,
                            "max": dist.ReduceOp.MAX}[op])
     return t.tolist()

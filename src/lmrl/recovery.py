@@ -15,33 +15,39 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lmrl import checkpoint, files
+from lmrl import checkpoint, distributed, files
 from lmrl._version import __version__
 from lmrl.config import Config, ConfigError
 from lmrl.errors import NonFiniteError
 from lmrl.state import TrainState
 
 
-def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path:
+def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path | None:
     """checkpoints/step-N (everything, to resume; safetensors + JSON), and the policy in its
     loadable form: toy weights as model.safetensors, a causal LM as model/ (save_pretrained,
-    for lmrl eval / --model). Every write is atomic."""
-    path = checkpoint.save(run_dir, state.step, state.state_dict(),
+    for lmrl eval / --model). Every write is atomic.
+
+    Called on every rank (a sharded model's weights are gathered); rank 0 writes and returns
+    the checkpoint's path, the others None."""
+    whole = state.state_dict()
+    if not distributed.is_main():
+        return None
+    path = checkpoint.save(run_dir, state.step, whole,
                            {"config": cfg.to_dict(), "lmrl_version": __version__},
                            keep=cfg.log.keep_checkpoints)
-    state.policy.save_to(run_dir)
+    state.policy.save_to(run_dir, whole["policy"])
     return path
 
 
 # What a resumed run may change: how long it runs and how it logs. Anything else would make the
 # run directory a record of a run that never happened.
-# Where and how it runs (device, threads, which forward code) may change too: the math is the
-# same (up to float rounding). trust_remote_code is never read from disk, so it is the user's
-# flag each time.
+# Where and how it runs (device, threads, which forward code, sharded or not) may change too:
+# the math is the same (up to float rounding). trust_remote_code is never read from disk, so it
+# is the user's flag each time.
 RESUMABLE_CHANGES = {("train", "steps"), ("train", "time_limit"), ("train", "threads"),
                      ("train", "max_skipped"), ("policy", "device"), ("policy", "forward"),
                      ("policy", "compile"), ("policy", "trust_remote_code"),
-                     ("task", "reward_timeout")}
+                     ("task", "reward_timeout"), ("train", "fsdp")}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:
@@ -51,7 +57,7 @@ def check_resumable(saved: dict, cfg: Config) -> None:
                and (g, k) not in RESUMABLE_CHANGES]
     if changed:
         raise ConfigError("--resume with a different config: " + "; ".join(changed) +
-                          ". Only steps, time limit, threads, device, forward, compile, "
+                          ". Only steps, time limit, threads, device, forward, compile, fsdp, "
                           "max_skipped, reward_timeout and log settings may change on resume "
                           "(lmrl train --run-dir DIR --resume reads the rest from the run)")
     if new["train"]["steps"] != saved["train"]["steps"]:
@@ -169,7 +175,12 @@ def save_after_failure(state: TrainState, cfg: Config, run_dir: Path, good: Snap
     step changed no weights yet (its random draws are rewound, so that a resumed run repeats
     it), or the state after the step when the step finished and what followed it failed
     (evaluation, logging). A step that failed between two of its μ updates leaves no consistent
-    state: the newest checkpoint on disk then stands."""
+    state: the newest checkpoint on disk then stands, as it does for a sharded model (gathering
+    its weights would wait for ranks that may be stuck in the failed step)."""
+    if cfg.train.fsdp:
+        tqdm.write("lmrl: the model is sharded, so no checkpoint is written after an error; the "
+                   "newest one in the run directory stands")
+        return
     if state.step == good.step and state.optimizer_steps == good.optimizer_steps:
         state.set_rng_state(good.rng)
     elif state.step != good.step + 1:

@@ -7,14 +7,17 @@ and the ratio is exactly 1 (see `step.py`). π_old is thereby refreshed every st
 
 π_ref (for the KL term) is a frozen in-memory copy of the policy, built only when the KL weight is
 > 0, and refreshed every `refresh_every` steps (0 = never: KL to the initial policy), so that it
-moves slowly. With LoRA it is no copy: the base model is the policy with its adapters switched
-off (`AdapterOffReference`), which is the initial policy, since the adapters start at zero.
+moves slowly. Under FSDP (sharding.py) the copy is sharded as the policy is. With LoRA it is no
+copy: the base model is the policy with its adapters switched off (`AdapterOffReference`), which
+is the initial policy, since the adapters start at zero.
 """
 
 import copy
 
 import torch
 from torch import Tensor, nn
+
+from lmrl.sharding import like
 
 
 class ReferencePolicy:
@@ -40,7 +43,8 @@ class ReferencePolicy:
         return {"model": self.model.state_dict(), "refreshes": self.refreshes}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        """From whole tensors, sliced into shards if the copy is sharded (sharding.py)."""
+        self.model.load_state_dict(like(self.model.state_dict(), state["model"]))
         self.refreshes = state["refreshes"]
 
 

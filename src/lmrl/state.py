@@ -14,6 +14,7 @@ from torch import nn
 from lmrl.config import Config
 from lmrl.optim import adamw, lr_lambda
 from lmrl.policies.toy import ToySortPolicy
+from lmrl.sharding import full, like, optimizer_like, shard
 from lmrl.snapshots import AdapterOffReference, ReferencePolicy
 
 
@@ -35,18 +36,21 @@ class TrainState:
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
     def state_dict(self) -> dict:
+        """Whole tensors, sharded model or not (so a call on every rank under FSDP: gathering
+        the shards is a collective)."""
         return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "policy": full(self.policy.state_dict()),
+            "optimizer": full(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
-            "reference": self.reference.state_dict() if self.reference else None,
+            "reference": full(self.reference.state_dict()) if self.reference else None,
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """From whole tensors (state_dict's), sliced into shards where the model is sharded."""
+        self.policy.load_state_dict(like(self.policy.state_dict(), state["policy"]))
+        self.optimizer.load_state_dict(optimizer_like(self.optimizer, state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])
@@ -100,6 +104,11 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     random.seed(seed)
     np.random.seed(seed)
     policy = policy if policy is not None else build_policy(cfg)
+    reference = build_reference(cfg, policy)  # a copy of the whole model, made before sharding
+    if cfg.train.fsdp:  # before the optimizer, which must hold the sharded parameters
+        shard(policy)
+        if reference is not None:
+            shard(reference.model)
     # The toy model keeps the foreach AdamW its documented results (bench/results/targets.md)
     # were measured with; with 5 tensors, fusing them has little to save.
     # Only the trainable parameters (with LoRA: the adapters; otherwise all of them), so that
@@ -109,13 +118,17 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tr.steps, tr.warmup_steps, tr.schedule, tr.min_lr_frac))
-    reference = None
-    if cfg.algo.kl_weight > 0 and getattr(policy, "lora", False):
-        reference = AdapterOffReference(policy)
-    elif cfg.algo.kl_weight > 0:
-        reference = ReferencePolicy(policy, cfg.algo.ref_refresh)
     return TrainState(
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,
         generator=torch.Generator().manual_seed(seed),
         eval_generator=torch.Generator().manual_seed(seed + 1),
     )
+
+
+def build_reference(cfg: Config, policy: nn.Module) -> ReferencePolicy | AdapterOffReference | None:
+    """π_ref for the KL term (None without one): the base model of a LoRA policy, else a copy."""
+    if cfg.algo.kl_weight == 0:
+        return None
+    if getattr(policy, "lora", False):
+        return AdapterOffReference(policy)
+    return ReferencePolicy(policy, cfg.algo.ref_refresh)

@@ -176,11 +176,12 @@ def update(state: TrainState, cfg: Config, batch: Batch,
                                    constant=state.policy.token_budget)
     denominator = distributed.all_reduce([denominator])[0]  # the count over all ranks
     kept = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
+    micro = kept.split(cfg.train.grad_accum)
+    idle = idle_passes(len(micro)) if cfg.train.fsdp else 0
     logp_old: list[Tensor] | None = None
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
     for _ in range(a.mu):
-        logp_old, diag, stage = update_pass(state, cfg, kept.split(cfg.train.grad_accum),
-                                            logp_old, denominator, clock)
+        logp_old, diag, stage = update_pass(state, cfg, micro, logp_old, denominator, clock, idle)
         if stage is not None:
             skipped[stage] += 1
     count = int(skipped["loss"] + skipped["gradient"])
@@ -200,12 +201,19 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     }
 
 
+def idle_passes(count: int) -> int:
+    """Under FSDP: how many more log-prob passes than its `count` micro-batches this rank must
+    make. Each forward and backward is a collective there, and ranks that skipped different
+    numbers of flat groups (groups_with_gradient) can have fewer micro-batches than others."""
+    return int(distributed.all_reduce([count], "max")[0]) - count
+
+
 def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: list[Tensor] | None,
-                denominator: float, clock: Stopwatch
+                denominator: float, clock: Stopwatch, idle: int = 0
                 ) -> tuple[list[Tensor], dict[str, float], str | None]:
     """One optimizer step over all micro-batches (gradient accumulation). Returns each
     micro-batch's log π_old, this pass's diagnostics, and where it went non-finite (None: the
-    optimizer stepped).
+    optimizer stepped). idle: passes that add a zero gradient (idle_passes).
 
     On the first pass logp_old is None: the parameters are still θ_old, so each micro-batch's
     detached log-probs *are* log π_old and are kept for the later μ-1 passes.
@@ -223,7 +231,13 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
         stored.append(old)
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
         parts.append((mb.response_mask.sum().item(), diag))
-    if distributed.world() > 1:
+    for _ in range(idle):
+        with clock("logprob"):
+            logp = state.policy.logprobs(micro[0].prompts, micro[0].responses,
+                                         micro[0].response_mask)[0]
+        with clock("backward"):
+            (logp.sum() * 0.0).backward()
+    if distributed.world() > 1 and not cfg.train.fsdp:  # FSDP's backward sums them itself
         with clock("all_reduce"):  # the gradient of the whole batch, before clipping sees it
             distributed.sum_gradients(list(state.policy.parameters()))
     with clock("optimizer"):  # clipping, the finiteness check and the step
@@ -314,10 +328,12 @@ def nonfinite_stage(loss: float, grad_norm: float) -> str | None:
 
 
 def grad_clip(state: TrainState, max_norm: float) -> float:
+    """Clip to max_norm (0: do not) and return the norm before clipping: the whole gradient's,
+    a sharded model's (DTensor gradients) too."""
     params = [p for p in state.policy.parameters() if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
 
 @torch.no_grad()

@@ -47,6 +47,7 @@ from lmrl.recovery import (
     save_after_failure,
     save_checkpoint,
 )
+from lmrl.sharding import local
 from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
 from lmrl.tasks import build_task as build_task_from
@@ -138,8 +139,17 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
 
 
 def check_data_parallel(cfg: Config) -> None:
-    """Several ranks need B to be a multiple of their number."""
+    """Several ranks need B to be a multiple of their number; sharding needs several ranks."""
     distributed.share(cfg.train.B)  # ConfigError unless B splits evenly
+    if cfg.train.fsdp and distributed.world() == 1:
+        raise ConfigError("train.fsdp shards the model over several processes, and this is one; "
+                          "launch with --nproc N (N >= 2) or torchrun, or drop --fsdp")
+
+
+def evaluates(cfg: Config) -> bool:
+    """Whether this rank evaluates: rank 0, or every rank of a sharded model, whose forwards are
+    collectives (they run the same evaluation; rank 0 logs it)."""
+    return distributed.is_main() or cfg.train.fsdp
 
 
 def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
@@ -183,9 +193,9 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
         preflight(state, task, cfg, run_dir, say)
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
+    summary = finish(state, task, cfg, run_dir, last_eval)  # every rank: it saves
     if not main:
         return {"steps": state.step, "rank": distributed.rank()}
-    summary = finish(state, task, cfg, run_dir, last_eval)
     say(format_summary(summary, run_dir))
     return summary
 
@@ -202,7 +212,8 @@ def describe_checkpoints(cfg: Config) -> str:
 def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSignals,
              verbose: bool) -> dict[str, float]:
     """The visible outer loop; returns the last held-out evaluation. With several ranks, every
-    rank runs the steps and rank 0 alone evaluates, logs and checkpoints."""
+    rank runs the steps and rank 0 alone evaluates (every rank with a sharded model), logs and
+    writes checkpoints."""
     main = distributed.is_main()
     if main:
         logger = MetricsLogger(run_dir, cfg.log.logger, config=cfg.to_dict(),
@@ -218,7 +229,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
     t_start, base_wall = time.perf_counter(), state.wall_seconds
     last_save = t_start
     try:
-        if state.step == 0 and not cfg.log.resume and main:
+        if state.step == 0 and not cfg.log.resume and evaluates(cfg):
             last_eval, samples = evaluate(state, task, cfg)
             logger.log(0, last_eval)
             sample_log.write(0, samples)
@@ -231,8 +242,8 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             check_skips(state, cfg, metrics)
             watch.check(state.step, metrics)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
-            if main and (state.step % cfg.log.eval_every == 0 or state.step == cfg.train.steps
-                         or out_of_time):
+            if evaluates(cfg) and (state.step % cfg.log.eval_every == 0
+                                   or state.step == cfg.train.steps or out_of_time):
                 last_eval, samples = evaluate(state, task, cfg)
                 metrics.update(last_eval)
                 sample_log.write(state.step, samples)
@@ -243,7 +254,9 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             bar.set_postfix(reward=f"{metrics['train/reward_mean']:.3f}",
                             heldout=f"{headline(last_eval):.3f}",
                             refresh=False)  # redraw at tqdm's own interval, not every step
-            if main and checkpoint_due(cfg, state.step, time.perf_counter() - last_save):
+            # Every rank saves (a sharded model is gathered), when rank 0's clock says so.
+            if distributed.any_rank(main and checkpoint_due(cfg, state.step,
+                                                            time.perf_counter() - last_save)):
                 save_checkpoint(state, cfg, run_dir)
                 last_save = time.perf_counter()
             # Every rank leaves after the same step (a no-op check with one process).
@@ -258,11 +271,16 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
         bar.close()
         logger.close()
         sample_log.close()
-    if stop.signum is not None and main:  # the other ranks left the loop at the same step
+    # One rank's signal stopped every rank after this step (any_rank above): every rank saves
+    # (a sharded model is gathered), rank 0 says where.
+    signum = int(distributed.all_reduce([stop.signum or 0], "max")[0])
+    if signum:
         path = save_checkpoint(state, cfg, run_dir)
-        raise RunInterrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after "
-                             f"step {state.step}; checkpoint saved to {path}. Resume with: "
-                             f"{resume_command(cfg, run_dir)}")
+        name = signal.Signals(signum).name
+        if main:
+            raise RunInterrupted(signum, f"stopped by {name} after step {state.step}; checkpoint "
+                                 f"saved to {path}. Resume with: {resume_command(cfg, run_dir)}")
+        raise RunInterrupted(signum, f"rank {distributed.rank()} stopped with rank 0 ({name})")
     return last_eval
 
 
@@ -275,20 +293,28 @@ class NoOutput:
 
 def finish(state: TrainState, task, cfg: Config, run_dir: Path,
            last_eval: dict[str, float]) -> dict:
-    """The final checkpoint, evaluation, summary and plot. Non-finite weights are an error: the
-    run must not look finished."""
-    bad = [name for name, p in state.policy.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise NonFiniteError(f"the trained weights are non-finite ({len(bad)} tensors, e.g. "
-                             f"{bad[0]}); the newest checkpoint in {run_dir / 'checkpoints'} is "
-                             "the last one written. Lower the learning rate")
-    if not checkpoint.exists(run_dir, state.step):  # the loop's cadence may have just saved it
+    """The final checkpoint, evaluation, summary and plot; called on every rank (saving a
+    sharded model gathers it), rank 0 writes. Non-finite weights are an error: the run must not
+    look finished."""
+    # Each rank checks its own part (all of it, unless sharded).
+    bad = [name for name, p in state.policy.named_parameters()
+           if not torch.isfinite(local(p)).all()]
+    if distributed.any_rank(bool(bad)):
+        raise NonFiniteError(f"the trained weights are non-finite ({len(bad)} tensors on rank "
+                             f"{distributed.rank()}{', e.g. ' + bad[0] if bad else ''}); the "
+                             f"newest checkpoint in {run_dir / 'checkpoints'} is the last one "
+                             "written. Lower the learning rate")
+    # The loop's cadence may have just saved it (rank 0 sees the run directory).
+    if distributed.any_rank(distributed.is_main() and not checkpoint.exists(run_dir, state.step)):
         save_checkpoint(state, cfg, run_dir)
+    if not evaluates(cfg):
+        return {}
     final = last_eval or evaluate(state, task, cfg)[0]
     summary = {**final, "steps": state.step, "wall_seconds": state.wall_seconds,
                "skipped_updates": state.skipped_updates, "run_dir": str(run_dir)}
-    files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    plot_run(run_dir)
+    if distributed.is_main():
+        files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        plot_run(run_dir)
     return summary
 
 

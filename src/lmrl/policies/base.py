@@ -51,8 +51,9 @@ class Policy(Protocol):
     def parameters(self, recurse: bool = True):
         ...
 
-    def save_to(self, run_dir: Path) -> None:
-        """Write the policy in its loadable form into a run directory, atomically."""
+    def save_to(self, run_dir: Path, weights: dict[str, Tensor] | None = None) -> None:
+        """Write the policy in its loadable form into a run directory, atomically (weights: its
+        state dict, whole; None: its own)."""
         ...
 
 

@@ -204,7 +204,12 @@ class HFPolicy(nn.Module):
     compile: torch.compile lmrl's forward (`compiled`): decoding runs one graph per rollout on
     a StaticCache, each log-prob pass one graph forward and one backward, with the elementwise
     ops fused; the first step compiles (seconds to a minute: bench/README.md).
+
+    sharded: the model is split over the ranks by FSDP (sharding.shard), which makes every
+    forward a collective: sampling then decodes until every rank's responses are done.
     """
+
+    sharded = False
 
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
                  top_p: float = 1.0, temperature: float = 1.0, stop: Sequence[str] = (),
@@ -337,21 +342,25 @@ class HFPolicy(nn.Module):
     def token_budget(self) -> int:
         return self.max_new_tokens
 
-    def save_to(self, run_dir: Path) -> None:
+    def save_to(self, run_dir: Path, weights: dict[str, Tensor] | None = None) -> None:
         """run_dir/model/ (save_pretrained: weights and tokenizer), swapped in atomically; with
-        LoRA also run_dir/adapter/ (the adapters alone, peft's format)."""
+        LoRA also run_dir/adapter/ (the adapters alone, peft's format). weights: this policy's
+        state dict, whole (a sharded model's, gathered: sharding.full); None: the model's own."""
         with files.atomic_dir(Path(run_dir) / "model") as tmp:
-            self.save_pretrained(tmp)
+            self.save_pretrained(tmp, weights)
         if self.lora:
             with files.atomic_dir(Path(run_dir) / "adapter") as tmp:
                 self.model.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
 
-    def save_pretrained(self, out_dir) -> None:
+    def save_pretrained(self, out_dir, weights: dict[str, Tensor] | None = None) -> None:
         """Model (safetensors) and tokenizer, loadable with from_pretrained; with LoRA the
-        adapters merged into the weights, a plain transformers model."""
+        adapters merged into the weights, a plain transformers model. weights: as in save_to."""
         model = merged_copy(self.model) if self.lora else self.model
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # The policy's keys are the model's under "model.".
+        tensors = None if weights is None else {k.removeprefix("model."): v
+                                                 for k, v in weights.items()}
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=tensors)
         self.tokenizer.save_pretrained(out_dir)
 
     @property
@@ -456,7 +465,10 @@ class HFPolicy(nn.Module):
             done = done | torch.isin(token, self.eos_ids)
             if self.stop:
                 done = done | self._completes_stop(tokens, done)
-            if t == max_new - 1 or bool(done.all()):
+            finished = bool(done.all())
+            if self.sharded:  # one rank stopping early would leave the others' forwards waiting
+                finished = not distributed.any_rank(not finished)
+            if t == max_new - 1 or finished:
                 break
             logits = next_logits(tokens[-1], t)
         if rows is not None and scale != 0.0:

@@ -75,10 +75,12 @@ class ToySortPolicy(nn.Module):
     def token_budget(self) -> int:
         return self.P
 
-    def save_to(self, run_dir: Path) -> None:
-        """run_dir/model.safetensors, atomically."""
+    def save_to(self, run_dir: Path, weights: dict[str, Tensor] | None = None) -> None:
+        """run_dir/model.safetensors (weights: this policy's state dict; None: its own),
+        atomically."""
+        weights = self.state_dict() if weights is None else weights
         with files.atomic_file(Path(run_dir) / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp)
+            save_file({k: v.contiguous() for k, v in weights.items()}, tmp)
 
     def sample(self, prompts: Tensor, num_samples: int, generator: torch.Generator | None = None,
                temperature: float = 1.0, rows: slice | None = None) -> Rollout:
