@@ -49,7 +49,7 @@ if distributed.is_main():
         json.dump({"steps_per_s": steps / seconds,
                    "sample_share": spent["time/sample_seconds"] / total,
                    "all_reduce_share": spent.get("time/all_reduce_seconds", 0.0) / total}, f)
-distributed.close()
+distributed.leave()
 """
 
 SETTINGS = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2),

@@ -86,6 +86,22 @@ def test_the_gpu_check_says_it_needs_a_gpu():
     assert "no CUDA device here" in done.stderr
 
 
+def test_leave_flushes_and_exits_with_the_code():
+    done = subprocess.run([sys.executable, "-c", "from lmrl import distributed; "
+                           "print('written', end=''); distributed.leave(3)"],
+                          env=env(), capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "written")
+
+
+@pytest.mark.parametrize("args, code, out", [(["--version"], 0, "lmrl "),
+                                             (["train", "--steps", "x"], 2, "lmrl: error")])
+def test_a_torchrun_rank_ends_with_the_commands_exit_code(args, code, out):
+    done = subprocess.run([sys.executable, "-m", "lmrl", *args], env={**env(), "WORLD_SIZE": "2"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code
+    assert out in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "two"])
 def test_nproc_takes_a_positive_number(value, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -135,7 +151,7 @@ STEPS_SCRIPT = textwrap.dedent("""
             save_file({k: v.detach().cpu().clone() for k, v in params.items()},
                       out / f"{name}-{distributed.world()}.safetensors")
             (out / f"{name}-{distributed.world()}.json").write_text(json.dumps(metrics))
-    distributed.close()
+    distributed.leave()  # flushes and exits without finalization (see its docstring)
 """)
 
 

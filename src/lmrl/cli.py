@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -456,7 +457,32 @@ def fail(message: str, code: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run one command. A user error is one `lmrl: error:` block and exit code 2; a run stopped
     by SIGINT/SIGTERM exits 128 + the signal's number; a run stopped for non-finite numbers
-    exits 1. `--debug` (anywhere) or LMRL_DEBUG=1 shows the traceback instead."""
+    exits 1. `--debug` (anywhere) or LMRL_DEBUG=1 shows the traceback instead.
+
+    A rank that torchrun started (WORLD_SIZE > 1) ends through distributed.leave, with the
+    same exit code."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        run(argv)
+        return
+    from lmrl import distributed
+
+    try:
+        run(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+        if not isinstance(code, int):  # sys.exit("message") or sys.exit(): as Python shows them
+            if code is not None:
+                print(code, file=sys.stderr)
+            code = int(code is not None)
+    except BaseException:  # noqa: BLE001 - shown here, since leave() skips Python's own report
+        traceback.print_exc()
+        code = 1
+    distributed.leave(code)
+
+
+def run(argv: list[str] | None) -> None:
+    """main's work: the command, with errors turned into messages and exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LMRL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
