@@ -52,8 +52,10 @@ if distributed.is_main():
 distributed.leave()
 """
 
-SETTINGS = [("1 process x 1 thread", 1, 1), ("1 process x 2 threads", 1, 2),
-            ("2 processes x 1 thread", 2, 1)]
+SETTINGS = [("1 process x 1 thread", 1, 1, ""), ("1 process x 2 threads", 1, 2, ""),
+            ("2 processes x 1 thread", 2, 1, "")]
+# A causal LM also runs sharded (FSDP2): every forward then gathers each layer's weights.
+SHARDED = ("2 processes x 1 thread, --fsdp", 2, 1, "--fsdp")
 
 
 def run(nproc: int, threads: int, steps: int, flags: str, workdir: Path) -> dict:
@@ -77,15 +79,16 @@ def main() -> None:
     args = parser.parse_args()
     flags = f"--B {args.B} --G {args.G} {args.flags}".strip()
     print(f"lmrl train {flags}; {args.steps} timed steps each after 5 warm-up steps")
-    print(f"{'setting':<24} {'steps/s':>8} {'vs 1x1':>7} {'sample share':>13} "
+    print(f"{'setting':<31} {'steps/s':>8} {'vs 1x1':>7} {'sample share':>13} "
           f"{'all-reduce share':>17}")
     base = None
     with tempfile.TemporaryDirectory() as tmp:
-        for name, nproc, threads in SETTINGS:
-            result = run(nproc, threads, args.steps, flags, Path(tmp))
+        for name, nproc, threads, extra in SETTINGS + [SHARDED] * ("--model" in flags):
+            result = run(nproc, threads, args.steps, f"{flags} {extra}", Path(tmp))
             base = base or result["steps_per_s"]
-            share = f"{result['all_reduce_share']:.1%}" if nproc > 1 else "-"
-            print(f"{name:<24} {result['steps_per_s']:>8.1f} "
+            share = "-" if nproc == 1 else "in backward" if extra else \
+                f"{result['all_reduce_share']:.1%}"  # FSDP reduce-scatters inside backward
+            print(f"{name:<31} {result['steps_per_s']:>8.2f} "
                   f"{result['steps_per_s'] / base:>6.2f}x {result['sample_share']:>13.1%} "
                   f"{share:>17}", flush=True)
 

@@ -30,8 +30,9 @@ TOY = ["--n", "4", "--V", "6", "--heldout-size", "20", "--B", "8", "--G", "4", "
        "--eval-every", "100"]
 
 
-def env() -> dict:
-    src = str(Path(__file__).resolve().parents[1] / "src")
+def env(*paths: Path) -> dict:
+    """The ranks' environment; paths go on PYTHONPATH after lmrl's source (a reward module)."""
+    src = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), *map(str, paths)])
     # PYTHONFAULTHANDLER: a rank that aborts prints every thread's Python stack.
     return {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "LMRL_DIST_TIMEOUT": "60",
             "PYTHONFAULTHANDLER": "1"}
@@ -255,7 +256,7 @@ def test_fsdp_writes_a_run_directory_of_whole_weights_that_resumes_on_one_proces
     def train(cwd: Path, more: list[str], nproc: int = 1) -> None:
         launch = TORCHRUN + [str(nproc), "-m", "lmrl", "--"] if nproc > 1 else \
             [sys.executable, "-m", "lmrl"]
-        done = subprocess.run(launch + ["train", *flags, *more], cwd=cwd, env=env(),
+        done = subprocess.run(launch + ["train", *flags, *more], cwd=cwd, env=env(tmp_path),
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr
 

@@ -35,7 +35,10 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path | Non
     path = checkpoint.save(run_dir, state.step, whole,
                            {"config": cfg.to_dict(), "lmrl_version": __version__},
                            keep=cfg.log.keep_checkpoints)
-    state.policy.save_to(run_dir, whole["policy"])
+    # A sharded model's own state dict holds shards: save the gathered one. Otherwise the
+    # policy saves itself (with LoRA: the merged model, whose keys are not the policy's).
+    state.policy.save_to(run_dir, whole["policy"] if getattr(state.policy, "sharded", False)
+                         else None)
     return path
 
 
