@@ -21,6 +21,7 @@ from lmrl.optim import SCHEDULES
 from lmrl.policies.lean import FORWARDS  # policy.forward's choices
 from lmrl.policies.toy import INITS
 from lmrl.tasks import TASKS as TASK_SPECS
+from lmrl.tasks.reward_model import NORMS as RM_NORMS
 from lmrl.tasks.sort import REWARDS as SORT_REWARDS
 
 TASKS = tuple(TASK_SPECS)  # the task registry (lmrl/tasks/__init__.py) names them
@@ -95,6 +96,17 @@ class TaskConfig:
     reward_timeout: float = 60.0
     """Seconds one call of a user reward function (--reward-fns) may take before the run stops
     with an error naming the function and the batch (0 = no limit)."""
+    reward_model: tuple[str, ...] = ()
+    """Reward models 'DIR[=weight]' (a one-label AutoModelForSequenceClassification directory,
+    e.g. from lmrl rm train) scoring prompt + completion; added to a text task's rewards and
+    logged as train/reward_rm (several: rm_<directory name>). Training reward only: held-out
+    exact_match stays the task's own."""
+    reward_model_device: str = "auto"
+    """Where the reward models run: cpu, cuda, cuda:N (auto: the policy's device)."""
+    reward_model_batch_size: int = 64
+    """Texts per reward-model forward pass (lower it to bound memory)."""
+    reward_model_norm: Annotated[str, valid(
+        "How a reward model's score is normalised.", RM_NORMS)] = "none"
 
 
 @dataclass(frozen=True)
@@ -362,6 +374,9 @@ def _reject_ignored(cfg: Config) -> None:
          "LoRA is off: lora_r=0"),
         (not t.reward_fns, "task", ("reward_timeout",),
          "only user reward functions (reward_fns) run under a timeout"),
+        (not t.reward_model, "task", ("reward_model_device", "reward_model_batch_size",
+                                       "reward_model_norm"),
+         "no reward model is given (--reward-model DIR)"),
         (not spec.text, "log", ("eval_limit", "log_samples"),
          "the toy task evaluates every held-out prompt and has no text to log"),
         # A field the task does not read (each task's TaskSpec.fields lists what it reads).
@@ -394,9 +409,19 @@ def _check_model_task(cfg: Config) -> None:
     for spec in t.reward_fns:
         if ":" not in spec:
             raise ConfigError(f"task.reward_fns entry {spec!r} must look like module:function")
+    _check_reward_model(t)
     if any(not stop for stop in cfg.policy.stop):
         raise ConfigError("policy.stop has an empty string, which would end every completion "
                           "after one token; drop it")
+
+
+def _check_reward_model(t: TaskConfig) -> None:
+    """Settings only; the directories are read when the task is built (before the run
+    directory)."""
+    _choice("task", "reward_model_norm", t.reward_model_norm, tuple(RM_NORMS))
+    if t.reward_model_batch_size < 1:
+        raise ConfigError(f"task.reward_model_batch_size={t.reward_model_batch_size} must be >= 1")
+    check_device(t.reward_model_device, "task.reward_model_device")
 
 
 def validate(cfg: Config) -> None:
@@ -534,25 +559,25 @@ def require_at_least(limits: dict[str, tuple[float, float]]) -> None:
             raise ConfigError(f"{name}={value} must be >= {low}")
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, name: str = "policy.device") -> None:
     """The device must parse and exist here (auto always does)."""
     if device == "auto":
         return
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ConfigError(f"policy.device={device!r} is not a device ({err}); use auto, cpu, "
+        raise ConfigError(f"{name}={device!r} is not a device ({err}); use auto, cpu, "
                           "cuda or cuda:N") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"policy.device={device!r} but this machine has no CUDA device (or "
-                          "this torch build has no CUDA); use --device cpu or auto")
+        raise ConfigError(f"{name}={device!r} but this machine has no CUDA device (or "
+                          "this torch build has no CUDA); use cpu or auto")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"policy.device={device!r} but there are only "
+        raise ConfigError(f"{name}={device!r} but there are only "
                           f"{torch.cuda.device_count()} CUDA devices")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"policy.device={device!r} but MPS is not available here; use cpu")
+        raise ConfigError(f"{name}={device!r} but MPS is not available here; use cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"policy.device={device!r}: lmrl runs on cpu, cuda or mps")
+        raise ConfigError(f"{name}={device!r}: lmrl runs on cpu, cuda or mps")
 
 
 def _check_fsdp(cfg: Config) -> None:

@@ -32,7 +32,7 @@ from lmrl.losses import (
 )
 from lmrl.state import TrainState
 from lmrl.stopwatch import Stopwatch
-from lmrl.tasks.registry import at_step
+from lmrl.tasks.registry import at_step, score_training
 
 if TYPE_CHECKING:
     from lmrl.policies.hf import PromptBatch
@@ -143,7 +143,7 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
                 prompts, inputs = _select(prompts, share), _select(inputs, share)  # B' prompts
     with clock("reward"):
         at_step(task, state.step, tr.steps)
-        rewards, table = task.score_rollout(prompts, rollout)  # (B, G), {name: (B, G)}
+        rewards, table = score_training(task, prompts, rollout)  # (B, G), {name: (B, G)}
         # Text tasks name the failing function themselves; this is a net. nan marks a sample no
         # reward function scored, which only a task that says so (TRL-style None) may return.
         unscored_ok = getattr(task, "may_leave_unscored", False)

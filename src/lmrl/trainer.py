@@ -59,7 +59,7 @@ from lmrl.threads import configure_threads
 def build_task(cfg: Config):
     """The config's task; a task that rejects its settings raises ConfigError."""
     try:
-        return build_task_from(cfg.task)
+        return build_task_from(cfg.task, cfg.policy.device)
     except ValueError as err:
         raise ConfigError(f"task {cfg.task.task}: {err}") from err
 

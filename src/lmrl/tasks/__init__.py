@@ -19,15 +19,20 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
 __all__ = ["SORT_REWARDS", "TASKS", "SortTask", "TaskSpec", "build_task", "evaluate_sort"]
 
 
-def build_task(t):
+def build_task(t, policy_device: str = "auto"):
     """TaskConfig -> the task object, with the user's reward functions (reward_fns) appended to
-    a text task's own; only those get the time limit (built-ins run on the calling thread)."""
+    a text task's own (only those get the time limit: built-ins run on the calling thread), then
+    the reward models (reward_model), which run on reward_model_device (auto: policy_device)."""
     spec = TASKS[t.task]
     task = spec.build(t)
-    if spec.text and not spec.own_reward_fns:
-        from lmrl.tasks.text import check_reward_names, load_reward_fn
+    if not spec.text:
+        return task
+    from lmrl.tasks.reward_model import load_reward_models
+    from lmrl.tasks.text import check_reward_names, load_reward_fn
 
+    if not spec.own_reward_fns:
         timeout = t.reward_timeout or None  # 0 = no limit
         task.rewards = task.rewards + [load_reward_fn(s, timeout) for s in t.reward_fns]
-        check_reward_names([r.name for r in task.rewards])  # now, not at the first step
+    task.rewards = task.rewards + load_reward_models(t, policy_device)
+    check_reward_names([r.name for r in task.rewards])  # now, not at the first step
     return task

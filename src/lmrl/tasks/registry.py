@@ -69,8 +69,16 @@ def at_step(task, step: int, steps: int) -> None:
         hook(step, steps)
 
 
+def score_training(task, prompts, rollout):
+    """A training step's scoring: Task.score_training when the task has it (text tasks: a reward
+    model's running statistics move only on training batches), else score_rollout."""
+    hook = getattr(task, "score_training", None)
+    return hook(prompts, rollout) if hook is not None else task.score_rollout(prompts, rollout)
+
+
 # What every text task reads besides its own fields: a held-out split and user reward functions.
-TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout")
+TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout", "reward_model",
+               "reward_model_device", "reward_model_batch_size", "reward_model_norm")
 
 
 def no_check(t, default) -> None:
@@ -121,4 +129,7 @@ def describe_data(t) -> str:
 
 
 def extra_rewards(t) -> str:
-    return f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
+    fns = f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
+    models = (f", reward models {', '.join(t.reward_model)} (norm {t.reward_model_norm}, "
+              f"device {t.reward_model_device})" if getattr(t, "reward_model", ()) else "")
+    return fns + models

@@ -74,6 +74,8 @@ class RewardContext:
     trainer_state: TrainerProgress = field(default_factory=TrainerProgress)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, list] = field(default_factory=dict)
+    group_size: int = 1  # G: the flat rows are B groups of G (reward_table sets it)
+    training: bool = False  # a training step's batch (a reward model's running stats learn)
 
     def log_metric(self, name: str, value: float) -> None:
         self.metrics.setdefault(name, []).append(float(value))
@@ -412,6 +414,7 @@ class TextTask:
         flat = [c for row in completions for c in row]
         columns = {k: v for k, v in flat_columns(examples, G).items() if k not in NOT_COLUMNS}
         context = context or RewardContext(trainer_state=self.progress)
+        context.group_size = G
         # float64: a user's rewards may be large, and their weighted sum is checked for overflow.
         return {r.name: torch.tensor(r.score(prompts, flat, columns, context),
                                      dtype=torch.float64).reshape(B, G)
@@ -445,6 +448,12 @@ class TextTask:
             context.completion_ids = completion_ids(rollout)
         self.logged = context
         return self.score(examples, rollout.texts, context)
+
+    def score_training(self, examples: list[Example], rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """score_rollout for a training step's batch: what evaluation and the pre-flight check
+        score leaves a reward model's running normalisation as it is."""
+        return self.score_rollout(examples, rollout,
+                                  RewardContext(trainer_state=self.progress, training=True))
 
     def correct(self, table: dict[str, Tensor]) -> Tensor:
         """0/1 correctness per completion from a reward table. (B, G)."""
