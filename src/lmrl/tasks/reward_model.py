@@ -39,9 +39,10 @@ def group_norm(scores: Tensor, G: int, stats: "RunningStats") -> Tensor:
 
 def running_norm(scores: Tensor, G: int, stats: "RunningStats") -> Tensor:
     """(score - running mean) / (running std + 1e-6), the statistics as they stand (the caller
-    adds a training batch to them first)."""
+    adds a training batch to them first); the raw score while there are none (an evaluation
+    or the pre-flight check before the first step)."""
     if stats.count == 0:
-        return scores - scores.mean()
+        return scores
     return (scores - stats.mean) / (stats.std + 1e-6)
 
 
@@ -177,22 +178,39 @@ def load_reward_model(spec: str, device: str = "cpu", batch_size: int = 64,
                           "missing); give a directory written by `lmrl rm train` or "
                           "save_pretrained of an AutoModelForSequenceClassification")
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    kinds = config.architectures or []
-    if not any(k.endswith("ForSequenceClassification") for k in kinds) or config.num_labels != 1:
-        raise ConfigError(f"--reward-model {path} is {', '.join(kinds) or 'an unknown model'} "
-                          f"with {config.num_labels} label(s), not a reward model: it needs a "
-                          "sequence-classification head with num_labels=1 (train one with "
-                          "`lmrl rm train`)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from lmrl.policies.loading import load_errors
+
+    hf_logging.disable_progress_bar()  # as for the policy (policies/hf.py): lmrl draws its own
+    with load_errors(path, "its config (config.json)"):
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    check_reward_head(path, config)
+    with load_errors(path, "its tokenizer (tokenizer.json, tokenizer_config.json)"):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tokenizer.padding_side = "right"  # the head reads the last real token: no left padding
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    with load_errors(path, "its weights (model.safetensors)"):
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     if model.config.pad_token_id is None:  # without it, the head cannot find the last token
         model.config.pad_token_id = tokenizer.pad_token_id
     return RewardModel(name, model.to(device).eval(), tokenizer, weight, batch_size, norm)
+
+
+def check_reward_head(path: str, config) -> None:
+    """A one-label sequence classifier; anything else would get a random head from
+    AutoModelForSequenceClassification and score noise without a word."""
+    kinds = config.architectures or []
+    if not any(k.endswith("ForSequenceClassification") for k in kinds):
+        what = " / ".join(kinds) or "a model of unknown architecture"
+        raise ConfigError(f"--reward-model {path} is {what}, not a reward model: it needs a "
+                          "sequence-"
+                          "classification head with num_labels=1 (`lmrl rm train` writes one, as "
+                          "does TRL's RewardTrainer)")
+    if config.num_labels != 1:
+        raise ConfigError(f"--reward-model {path} is a classifier with {config.num_labels} "
+                          "labels; a reward model has one (num_labels=1), its score")
 
 
 def reward_model_names(specs: tuple[str, ...]) -> list[str]:
