@@ -183,3 +183,16 @@ def test_help_lists_the_reward_model_options(capsys):
                  "--reward-model-norm"):
         assert flag in out
     assert "running" in out and "group" in out
+
+
+def test_a_user_task_may_have_a_reward_model_and_no_reward_function(tiny, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a} {b}="}) + "\n" for a in range(4)
+                            for b in range(4)))
+    Config(task=TaskConfig(task="user", data=str(data), reward_model=(str(tiny / "rm"),)),
+           policy=_lm())  # valid without --reward-fns
+    task = build_task(TaskConfig(task="user", data=str(data), heldout_size=2,
+                                 reward_model=(str(tiny / "rm"),)))
+    assert [r.name for r in task.rewards] == ["rm"] and task.correctness is None
+    total, table = task.score(task.heldout, [["1", "2"], ["3", "0"]])
+    assert torch.equal(total, table["rm"]) and total.shape == (2, 2)

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lmrl.config import TaskConfig
 from lmrl.errors import DataError
-from lmrl.tasks import sort
+from lmrl.tasks import build_task, sort
 from lmrl.tasks.arithmetic import ArithmeticTask, correct, digit_accuracy
 from lmrl.tasks.sort_text import REWARDS, SortTextTask, parse_int
 from lmrl.tasks.text import RewardError, evaluate_text
@@ -381,8 +382,9 @@ def test_user_task_correctness_must_be_0_or_1(tmp_path, mod):
 
 def test_user_task_validation(tmp_path, mod):
     data = write_jsonl(tmp_path / "d.jsonl", rows(4))
-    with pytest.raises(ValueError, match="at least one reward"):
-        UserTask(data, [])
+    assert UserTask(data, [], heldout_size=1).rewards == []  # reward models may follow
+    with pytest.raises(ValueError, match="has no reward"):
+        build_task(TaskConfig(task="user", data=str(data), heldout_size=1))
     with pytest.raises(ValueError, match="share a name"):
         UserTask(data, [f"{mod}:half", f"{mod}:half=2"], heldout_size=1)
     with pytest.raises(ValueError, match="module:function"):

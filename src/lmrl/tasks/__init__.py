@@ -34,5 +34,8 @@ def build_task(t, policy_device: str = "auto"):
         timeout = t.reward_timeout or None  # 0 = no limit
         task.rewards = task.rewards + [load_reward_fn(s, timeout) for s in t.reward_fns]
     task.rewards = task.rewards + load_reward_models(t, policy_device)
+    if not task.rewards:
+        raise ValueError(f"task {t.task} has no reward: give --reward-fns module:function or "
+                         "--reward-model DIR")
     check_reward_names([r.name for r in task.rewards])  # now, not at the first step
     return task

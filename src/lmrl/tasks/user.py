@@ -6,9 +6,11 @@ Rows come from `--data` (tasks/data.py): a .jsonl, .json, .csv or .parquet file,
 holds strings, or lists of {"role", "content"} messages (TRL's conversational format, rendered by
 the model's chat template). Every other column is passed to every reward function as a keyword
 list over the N = B*G flat rows (TRL's convention). Reward functions are given as
-'module:function[=weight]' specs; the module must be importable (on sys.path). The training
-reward is their weighted sum. Each call may take reward_timeout seconds (--reward-timeout;
-None/0 = no limit) before the run stops with an error.
+'module:function[=weight]' specs; the module must be importable (on sys.path). Reward models
+(--reward-model DIR, tasks/reward_model.py) score the same rows, with or without reward
+functions. The training reward is their weighted sum. Each function call may take
+reward_timeout seconds (--reward-timeout; None/0 = no limit) before the run stops with an
+error.
 
 Held-out rows are the heldout_split of the same dataset when given, else the heldout_data file,
 else a random split of heldout_size rows (seeded by split_seed). Training rows never share a
@@ -53,9 +55,8 @@ class UserTask(TextTask):
     name = "user"
 
     def __post_init__(self) -> None:
-        if not self.reward_fns:
-            raise ValueError("a user task needs at least one reward function, given as "
-                             "'module:function[=weight]'")
+        # No reward function is fine when reward models follow (build_task checks that some
+        # reward remains).
         self.rewards = [load_reward_fn(spec, self.reward_timeout) for spec in self.reward_fns]
         names = [r.name for r in self.rewards]
         check_reward_names(names)
@@ -156,8 +157,9 @@ def _without(train: Rows, heldout: Rows) -> Rows:
 def _check(t, default) -> None:
     if t.data is None:
         raise ConfigError("task=user needs --data FILE, DIRECTORY or hub dataset name")
-    if not t.reward_fns:
-        raise ConfigError("task=user needs at least one --reward-fns module:function")
+    if not t.reward_fns and not t.reward_model:
+        raise ConfigError("task=user needs at least one --reward-fns module:function or "
+                          "--reward-model DIR")
     if t.heldout_split is not None and t.heldout_data is not None:
         raise ConfigError("--heldout-split and --heldout-data both choose the held-out rows; "
                           "give one of them")
