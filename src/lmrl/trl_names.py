@@ -61,6 +61,10 @@ TRL_NAMES: dict[str, tuple[str | None, str]] = {
     "save_steps": ("save_every", "checkpoint every k steps (also --save-minutes)"),
     "save_total_limit": ("keep_checkpoints", "checkpoints kept"),
     "report_to": ("logger", "where metrics go besides metrics.jsonl (always written)"),
+    "reward_weights": (None, "each reward's weight is written after it: --reward-fns "
+                       "mod:f=0.5 for GRPOTrainer's reward_funcs functions, --reward-model "
+                       "DIR=0.5 for its reward-model paths (their tokenizer, TRL's "
+                       "reward_processing_classes, is the one saved in DIR)"),
 }
 
 
