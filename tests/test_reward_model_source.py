@@ -196,3 +196,25 @@ def test_a_user_task_may_have_a_reward_model_and_no_reward_function(tiny, tmp_pa
     assert [r.name for r in task.rewards] == ["rm"] and task.correctness is None
     total, table = task.score(task.heldout, [["1", "2"], ["3", "0"]])
     assert torch.equal(total, table["rm"]) and total.shape == (2, 2)
+
+
+def test_group_norm_sees_the_tasks_groups(tiny):
+    task = build_task(TaskConfig(task="sort_text", n=3, V=5, heldout_size=10,
+                                 reward_model=(str(tiny / "rm"),), reward_model_norm="group"))
+    examples = [{"prompt": p, "numbers": [int(x) for x in p[:-1].split()]} for p in PROMPTS[:2]]
+    _, table = task.score(examples, [COMPLETIONS[:2], COMPLETIONS[2:]])  # B=2 groups of G=2
+    assert table["rm"].abs().flatten().tolist() == pytest.approx([1.0] * 4, abs=1e-4)
+    assert table["rm"].sum(dim=-1).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_running_stats_pool_the_ranks_moments(tiny, monkeypatch):
+    """Under torchrun each rank adds every rank's batch: here a second rank that scored the
+    same batch doubles the count and keeps the mean."""
+    from lmrl import distributed
+
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    monkeypatch.setattr(distributed, "all_reduce", lambda values, op="sum": [2 * v for v in values])
+    source = load_reward_model(str(tiny / "rm"), norm="running")
+    source.score(PROMPTS, COMPLETIONS, {}, RewardContext(training=True))
+    raw = load_reward_model(str(tiny / "rm")).score(PROMPTS, COMPLETIONS, {})
+    assert source.stats.count == 8 and source.stats.mean == pytest.approx(sum(raw) / 4)
