@@ -99,8 +99,8 @@ class TaskConfig:
     reward_model: tuple[str, ...] = ()
     """Reward models 'DIR[=weight]' (a one-label AutoModelForSequenceClassification directory,
     e.g. from lmrl rm train) scoring prompt + completion; added to a text task's rewards and
-    logged as train/reward_rm (several: rm_<directory name>). Training reward only: held-out
-    exact_match stays the task's own."""
+    logged as train/reward_rm (several: rm_<directory name>). Held-out eval/exact_match stays
+    the task's own check; eval/reward_rm is the model's held-out score."""
     reward_model_device: str = "auto"
     """Where the reward models run: cpu, cuda, cuda:N (auto: the policy's device)."""
     reward_model_batch_size: int = 64
