@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmrl.cli import main
-from lmrl.config import Config, TaskConfig
+from lmrl.config import Config, LogConfig, PolicyConfig, TaskConfig, TrainConfig
 from lmrl.errors import ConfigError
 from lmrl.tasks import build_task
 from lmrl.tasks.reward_model import (
@@ -169,10 +169,8 @@ def test_reward_model_settings_without_a_model_are_refused():
                                reward_model_norm="batch"), policy=_lm())
 
 
-def _lm():
-    from lmrl.config import PolicyConfig
-
-    return PolicyConfig(model="some/lm")
+def _lm(model: str = "some/lm", **settings):
+    return PolicyConfig(model=model, **settings)
 
 
 def test_help_lists_the_reward_model_options(capsys):
@@ -218,3 +216,19 @@ def test_running_stats_pool_the_ranks_moments(tiny, monkeypatch):
     source.score(PROMPTS, COMPLETIONS, {}, RewardContext(training=True))
     raw = load_reward_model(str(tiny / "rm")).score(PROMPTS, COMPLETIONS, {})
     assert source.stats.count == 8 and source.stats.mean == pytest.approx(sum(raw) / 4)
+
+
+def test_only_training_steps_move_the_running_statistics(tiny, tmp_path):
+    """The pre-flight check scores step 1's batch and evaluation the held-out set; neither may
+    count: after 2 steps of B*G = 4 samples the statistics hold 8 scores."""
+    from lmrl.trainer import train
+
+    rm = (str(tiny / "rm"),)
+    cfg = Config(task=TaskConfig(task="sort_text", n=3, V=5, heldout_size=10, reward_model=rm,
+                                 reward_model_norm="running"),
+                 policy=_lm(str(tiny / "policy"), max_new_tokens=6),
+                 train=TrainConfig(B=2, G=2, steps=2, threads=1),
+                 log=LogConfig(run_dir=str(tmp_path / "run"), progress=False, eval_every=1))
+    task = build_task(cfg.task)
+    train(cfg, task=task, verbose=False)
+    assert task.rewards[-1].stats.count == 8

@@ -17,6 +17,7 @@ held for log.warn_after steps in a row: once, and again if it clears and comes b
 warning goes to stderr (`lmrl: warning: ...`) and to warnings.jsonl in the run directory.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -151,12 +152,25 @@ def rng_untouched():
         np.random.set_state(saved[2])
 
 
+@contextmanager
+def reward_stats_untouched(task):
+    """Restore the rewards' running statistics afterwards (a reward model's under
+    --reward-model-norm running): the probe is step 1's batch, which step 1 scores again."""
+    saved = [(r, copy.deepcopy(r.stats)) for r in getattr(task, "rewards", None) or ()
+             if hasattr(r, "stats")]
+    try:
+        yield
+    finally:
+        for reward, stats in saved:
+            reward.stats = stats
+
+
 def preflight(state: TrainState, task, cfg: Config, run_dir: Path,
               say: Callable[[str], None] = print) -> dict[str, float]:
     """Collect step 1's batch aside, report it, record it in preflight.json and warn."""
     probe = dataclasses.replace(state, generator=torch.Generator().manual_seed(cfg.train.seed),
                                 reference=None)  # log-probs of the reference are not needed
-    with rng_untouched():
+    with rng_untouched(), reward_stats_untouched(task):
         batch = collect(probe, task, cfg)
     metrics = {"samples": cfg.train.B * cfg.train.G, **reward_metrics(gathered(batch), task)}
     if not distributed.is_main():  # every rank collects its share; rank 0 reports the batch
