@@ -218,17 +218,27 @@ def test_running_stats_pool_the_ranks_moments(tiny, monkeypatch):
     assert source.stats.count == 8 and source.stats.mean == pytest.approx(sum(raw) / 4)
 
 
-def test_only_training_steps_move_the_running_statistics(tiny, tmp_path):
+def _running_cfg(tiny, run_dir, steps: int, resume: bool = False) -> Config:
+    return Config(task=TaskConfig(task="sort_text", n=3, V=5, heldout_size=10,
+                                  reward_model=(str(tiny / "rm"),), reward_model_norm="running"),
+                  policy=_lm(str(tiny / "policy"), max_new_tokens=6),
+                  train=TrainConfig(B=2, G=2, steps=steps, threads=1),
+                  log=LogConfig(run_dir=str(run_dir), progress=False, eval_every=1,
+                                resume=resume))
+
+
+def test_only_training_steps_move_the_running_statistics_and_a_resume_keeps_them(tiny,
+                                                                                  tmp_path):
     """The pre-flight check scores step 1's batch and evaluation the held-out set; neither may
-    count: after 2 steps of B*G = 4 samples the statistics hold 8 scores."""
+    count: after 2 steps of B*G = 4 samples the statistics hold 8 scores, and a resumed run
+    starts from those 8."""
     from lmrl.trainer import train
 
-    rm = (str(tiny / "rm"),)
-    cfg = Config(task=TaskConfig(task="sort_text", n=3, V=5, heldout_size=10, reward_model=rm,
-                                 reward_model_norm="running"),
-                 policy=_lm(str(tiny / "policy"), max_new_tokens=6),
-                 train=TrainConfig(B=2, G=2, steps=2, threads=1),
-                 log=LogConfig(run_dir=str(tmp_path / "run"), progress=False, eval_every=1))
-    task = build_task(cfg.task)
-    train(cfg, task=task, verbose=False)
-    assert task.rewards[-1].stats.count == 8
+    task = build_task(_running_cfg(tiny, tmp_path / "run", 2).task)
+    train(_running_cfg(tiny, tmp_path / "run", 2), task=task, verbose=False)
+    stats = task.rewards[-1].stats
+    assert stats.count == 8
+    resumed = build_task(_running_cfg(tiny, tmp_path / "run", 3).task)
+    train(_running_cfg(tiny, tmp_path / "run", 3, resume=True), task=resumed, verbose=False)
+    after = resumed.rewards[-1].stats
+    assert after.count == 12 and after.mean != stats.mean

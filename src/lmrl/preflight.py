@@ -17,7 +17,6 @@ held for log.warn_after steps in a row: once, and again if it clears and comes b
 warning goes to stderr (`lmrl: warning: ...`) and to warnings.jsonl in the run directory.
 """
 
-import copy
 import dataclasses
 import json
 import math
@@ -37,6 +36,7 @@ from lmrl.config import Config
 from lmrl.state import TrainState
 from lmrl.step import collect, gathered, reward_metrics
 from lmrl.tasks import TASKS
+from lmrl.tasks.registry import running_stats
 
 MOST = 0.5  # "most completions are truncated": more than this fraction
 
@@ -155,14 +155,14 @@ def rng_untouched():
 @contextmanager
 def reward_stats_untouched(task):
     """Restore the rewards' running statistics afterwards (a reward model's under
-    --reward-model-norm running): the probe is step 1's batch, which step 1 scores again."""
-    saved = [(r, copy.deepcopy(r.stats)) for r in getattr(task, "rewards", None) or ()
-             if hasattr(r, "stats")]
+    --reward-model-norm running): the probe is step 1's batch, which step 1 scores again. In
+    place: the training state holds the same objects, to checkpoint them."""
+    saved = {name: dict(vars(stats)) for name, stats in running_stats(task).items()}
     try:
         yield
     finally:
-        for reward, stats in saved:
-            reward.stats = stats
+        for name, stats in running_stats(task).items():
+            vars(stats).update(saved[name])
 
 
 def preflight(state: TrainState, task, cfg: Config, run_dir: Path,

@@ -5,7 +5,7 @@
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ class TrainState:
     optimizer_steps: int = 0  # updates applied (skipped ones are not)
     skipped_updates: int = 0  # updates skipped for a non-finite loss or gradient
     skipped_in_a_row: int = 0
+    # The rewards' running statistics by reward name (a reward model's, --reward-model-norm
+    # running): the reward sources' own objects, so saving reads and resuming fills them.
+    reward_stats: dict = field(default_factory=dict)
 
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
@@ -45,6 +48,7 @@ class TrainState:
             "reference": full(self.reference.state_dict()) if self.reference else None,
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
+            "reward_stats": {name: asdict(stats) for name, stats in self.reward_stats.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -57,6 +61,9 @@ class TrainState:
         self.set_rng_state(state)
         for name in self.COUNTERS:
             setattr(self, name, state.get(name, getattr(self, name)))
+        for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
+            if name in self.reward_stats:
+                vars(self.reward_stats[name]).update(saved)
 
     def rng_state(self) -> dict:
         """Every random number generator the run draws from."""

@@ -52,7 +52,7 @@ from lmrl.state import TrainState, build_policy, build_state
 from lmrl.step import grpo_step
 from lmrl.tasks import build_task as build_task_from
 from lmrl.tasks.coverage import check_coverage
-from lmrl.tasks.registry import Task, at_step
+from lmrl.tasks.registry import Task, at_step, running_stats
 from lmrl.threads import configure_threads
 
 
@@ -179,6 +179,7 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
                         known=RUN_ENTRIES)
     distributed.broadcast_parameters(policy)
     state = build_state(cfg, policy)
+    state.reward_stats = running_stats(task)  # before resuming: the checkpoint fills them
     if saved is not None and main:
         resume(state, saved, run_dir)
     elif saved is not None:

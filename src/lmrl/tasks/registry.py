@@ -76,6 +76,14 @@ def score_training(task, prompts, rollout):
     return hook(prompts, rollout) if hook is not None else task.score_rollout(prompts, rollout)
 
 
+def running_stats(task) -> dict:
+    """{reward name: its running statistics} for the task's rewards that keep some (a reward
+    model under --reward-model-norm running); the objects themselves, not copies."""
+    sources = getattr(task, "rewards", None)  # the toy sort task's `rewards` is a method
+    return {r.name: r.stats for r in sources if getattr(r, "stats", None) is not None} \
+        if isinstance(sources, list) else {}
+
+
 # What every text task reads besides its own fields: a held-out split and user reward functions.
 TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout", "reward_model",
                "reward_model_device", "reward_model_batch_size", "reward_model_norm")

@@ -8,8 +8,8 @@ chat template. Scoring runs without gradients, in micro-batches of `batch_size` 
 memory bound), on its own device; the score is logits[:, 0].
 
 Normalisation (NORMS) puts the score on a scale that combines with other rewards: `running`
-standardises by the mean and std of every training score seen so far (this process's; not saved
-in checkpoints, so it restarts on --resume), `group` within each prompt's G samples. Only
+standardises by the mean and std of every training score seen so far (kept in checkpoints: the
+training state holds the same RunningStats, state.py), `group` within each prompt's G samples. Only
 training batches move the running statistics (RewardContext.training): evaluation and the
 pre-flight check read them. Each torchrun rank scores its own samples; under `running` the
 ranks pool their batch's moments, so every rank normalises alike.
@@ -55,7 +55,7 @@ class Norm:
 NORMS = {
     "none": Norm(no_norm, "the raw score"),
     "running": Norm(running_norm, "standardised by the mean and std of all training scores so "
-                    "far; restarts on --resume"),
+                    "far, kept in checkpoints"),
     "group": Norm(group_norm, "standardised within each prompt's G samples"),
 }
 
