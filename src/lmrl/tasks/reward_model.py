@@ -16,6 +16,7 @@ ranks pool their batch's moments, so every rank normalises alike.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def running_norm(scores: Tensor, G: int, stats: "RunningStats") -> Tensor:
 
 @dataclass(frozen=True)
 class Norm:
-    fn: object  # (scores (N,), G, RunningStats) -> (N,)
+    fn: Callable[[Tensor, int, "RunningStats"], Tensor]  # scores (N,), G, stats -> (N,)
     help: str
 
 
