@@ -242,3 +242,16 @@ def test_only_training_steps_move_the_running_statistics_and_a_resume_keeps_them
     train(_running_cfg(tiny, tmp_path / "run", 3, resume=True), task=resumed, verbose=False)
     after = resumed.rewards[-1].stats
     assert after.count == 12 and after.mean != stats.mean
+
+
+def test_chat_prompts_are_rendered_by_the_reward_models_own_template(tiny):
+    from lmrl.errors import RewardError
+
+    source = load_reward_model(str(tiny / "rm"))
+    chat = [[{"role": "user", "content": "3 1 2="}]]
+    with pytest.raises(RewardError, match="no chat template"):
+        source.texts(chat, ["1 2 3"])
+    source.tokenizer.chat_template = \
+        "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }} {% endfor %}"
+    assert source.texts(chat, ["1 2 3"]) == ["u:3 1 2= a:1 2 3 "]
+    assert source.texts(["3 1 2="], ["1 2 3"]) == ["3 1 2=1 2 3"]  # a string prompt: + completion
