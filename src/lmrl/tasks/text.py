@@ -450,8 +450,9 @@ class TextTask:
         return self.score(examples, rollout.texts, context)
 
     def score_training(self, examples: list[Example], rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """score_rollout for a training step's batch: what evaluation and the pre-flight check
-        score leaves a reward model's running normalisation as it is."""
+        """score_rollout for a training step's batch (step.collect's; the pre-flight check runs
+        it too and then restores the statistics): only these batches move a reward model's
+        running normalisation, evaluation's leave it as it is."""
         return self.score_rollout(examples, rollout,
                                   RewardContext(trainer_state=self.progress, training=True))
 
