@@ -155,6 +155,26 @@ def test_margins_are_read_from_the_margin_column_or_the_named_one(models):
         read_pairs([{**rows[0], "margin": float("nan")}], tokenizer)
 
 
+@pytest.mark.parametrize("form", ["csv", "parquet", "save_to_disk", "dataset"])
+def test_pairs_come_from_any_source_the_data_loader_reads(models, tmp_path, form):
+    import datasets
+
+    rows = [{"prompt": "1=", "chosen": "1 9", "rejected": "1 1", "margin": 1.5},
+            {"prompt": "2=", "chosen": "2 9", "rejected": "2 1", "margin": 0.0}]
+    table = datasets.Dataset.from_list(rows)
+    source = {"csv": tmp_path / "pairs.csv", "parquet": tmp_path / "pairs.parquet",
+              "save_to_disk": tmp_path / "pairs", "dataset": table}[form]
+    if form == "csv":
+        table.to_csv(source, index=False)
+    elif form == "parquet":
+        table.to_parquet(source)
+    elif form == "save_to_disk":
+        table.save_to_disk(source)
+    pairs, notes = read_pairs(source, load_tokenizer(str(models / "base")))
+    assert (pairs.prompts, pairs.chosen, pairs.margins) == (["1=", "2="], ["1 9", "2 9"],
+                                                            [1.5, 0.0]) and notes == []
+
+
 def test_the_split_is_seeded_disjoint_and_complete():
     train, heldout = split(50, 0, seed=3)
     assert len(heldout) == 5 and sorted(train + heldout) == list(range(50))
@@ -242,6 +262,20 @@ def test_rm_train_refuses_a_users_directory_and_rm_eval_a_plain_lm(models, tmp_p
     code, _, err = cli(capsys, "rm", "eval", "--model", str(models / "base"), "--data",
                        str(data))
     assert code == 2 and "is not a reward model" in err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_over_long_pairs_are_truncated_and_counted(models, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": "1 2 3 4 5=", "chosen": "19", "rejected": "11"},
+        {"prompt": "1=", "chosen": "19", "rejected": "11"},
+        {"prompt": "2=", "chosen": "29", "rejected": "21"}])
+    code, stdout, err = cli(capsys, "rm", "train", "--model", str(models / "base"), "--data",
+                            str(data), "--out", str(tmp_path / "rm"), "--steps", "1",
+                            "--max-length", "4", "--heldout-size", "1", "--no-progress")
+    assert code == 0, err
+    assert "note: truncated 1 of 3 pairs to their last --max-length 4 tokens" in stdout
+    assert json.loads((tmp_path / "rm" / "summary.json").read_text())["pairs/truncated"] == 1
 
 
 def test_rm_without_a_subcommand_is_a_usage_error(capsys):

@@ -67,8 +67,10 @@ def render_row(row: dict, i: int, rows, tokenizer, margin_column: str | None
     if isinstance(prompt, str):
         for name in ("chosen", "rejected"):
             if not isinstance(row[name], str):
+                hint = " (a .csv column of numbers is read as numbers: use .jsonl)" \
+                    if isinstance(row[name], int | float) else ""
                 raise DataError(f"{rows.where(i)}: {name!r} must be a string like its prompt, "
-                                f"not {type(row[name]).__name__} {row[name]!r}")
+                                f"not {type(row[name]).__name__} {row[name]!r}{hint}")
         texts = prompt, row["chosen"], row["rejected"]
     else:
         texts = render_conversation(row, i, rows, tokenizer)
