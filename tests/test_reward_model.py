@@ -20,6 +20,7 @@ from lmrl.modelzoo import CHAT_TEMPLATE, init_model  # noqa: E402
 from lmrl.rm.loss import bradley_terry_loss, mean_loss, pair_metrics  # noqa: E402
 from lmrl.rm.model import encode, load_backbone, load_tokenizer, score  # noqa: E402
 from lmrl.rm.pairs import read_pairs, split  # noqa: E402
+from lmrl.rm.train import encode_pairs, pair_scores, train_step  # noqa: E402
 
 ALPHABET = " 0123456789="
 
@@ -126,6 +127,27 @@ def test_a_long_text_loses_its_first_tokens(models):
     ids, truncated = encode(tokenizer, "1 2 3=321", max_length=4)
     assert tokenizer.decode(ids) == "=321" and truncated
     assert encode(tokenizer, "1=1", max_length=4) == (tokenizer("1=1")["input_ids"], False)
+    with pytest.raises(DataError, match="encodes to no tokens"):
+        encode(tokenizer, "")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_training_step_minimises_the_margin_loss_of_its_batch(models):
+    tokenizer = load_tokenizer(str(models / "base"))
+    torch.manual_seed(0)
+    model, _ = load_backbone(str(models / "base"), tokenizer)
+    pairs, _ = read_pairs([{**row, "margin": 3.0} for row in separable_rows(4)], tokenizer)
+    batch = encode_pairs(pairs, tokenizer, max_length=None)[0]
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        r_chosen, r_rejected = pair_scores(model, batch, pad)
+    expected = float(bradley_terry_loss(r_chosen, r_rejected, torch.full((4,), 3.0)).mean())
+    params = list(model.parameters())
+    metrics = train_step(model, batch, pad, torch.optim.SGD(params, lr=0.1), params, 0.0)
+    assert metrics["train/loss"] == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        after = float(bradley_terry_loss(*pair_scores(model, batch, pad), batch.margins).mean())
+    assert after < expected  # the step went down the loss it reported
 
 
 # ---------------------------------------------------------------- data
@@ -230,6 +252,18 @@ def test_rm_train_learns_a_separable_preference_and_rm_eval_reproduces_it(models
     assert metrics["pairs"] == 20
     assert metrics["accuracy"] == summary["eval/accuracy"]
     assert metrics["gap_mean"] == pytest.approx(summary["eval/gap_mean"], rel=1e-5)
+
+    # One pair, with and without a margin of 2: the loss is -log sigmoid(gap - 2).
+    first = json.loads((out / "heldout.jsonl").read_text().splitlines()[0])
+    write_jsonl(tmp_path / "one.jsonl", [first])
+    write_jsonl(tmp_path / "margin.jsonl", [{**first, "m": 2.0}])
+    cli(capsys, "rm", "eval", "--model", str(out), "--data", str(tmp_path / "one.jsonl"),
+        "--out", str(report))
+    gap = json.loads(report.read_text())["gap_mean"]
+    cli(capsys, "rm", "eval", "--model", str(out), "--data", str(tmp_path / "margin.jsonl"),
+        "--margin-column", "m", "--out", str(report))
+    assert json.loads(report.read_text())["loss"] == pytest.approx(
+        math.log1p(math.exp(-(gap - 2.0))), rel=1e-5)
 
 
 @pytest.mark.usefixtures("one_thread")

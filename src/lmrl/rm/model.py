@@ -18,7 +18,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from lmrl.errors import ModelLoadError
+from lmrl.errors import DataError, ModelLoadError
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
 
 
@@ -98,6 +98,9 @@ def encode(tokenizer, text: str, max_length: int | None = None) -> tuple[list[in
     where the reward is read."""
     bos = tokenizer.bos_token
     ids = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+    if not ids:
+        raise DataError(f"the text {text!r} encodes to no tokens, so it has no last token to "
+                        "read a reward at; give every pair a non-empty prompt or completion")
     if max_length is not None and len(ids) > max_length:
         return ids[-max_length:], True
     return ids, False
