@@ -41,3 +41,19 @@ def test_help_into_a_closed_pipe_is_no_traceback():
     os.close(write_end)
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_rm_help_lists_its_subcommands_and_bad_pairs_exit_2(tmp_path):
+    done = lmrl("rm", "--help")
+    assert done.returncode == 0 and "lmrl rm train" in done.stdout and "lmrl rm eval" in \
+        done.stdout
+    pairs = tmp_path / "ties.jsonl"
+    pairs.write_text('{"prompt": "1=", "chosen": "2", "rejected": "2"}\n')
+    model = tmp_path / "tiny"
+    assert lmrl("init-model", "--out", str(model), "--hidden-size", "16", "--layers", "1",
+                "--heads", "2").returncode == 0
+    done = lmrl("rm", "train", "--model", str(model), "--data", str(pairs), "--out",
+                str(tmp_path / "rm"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("lmrl: error: ") and "chosen == rejected" in done.stderr

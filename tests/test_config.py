@@ -259,7 +259,7 @@ def test_cli_no_command_exits_2(capsys):
 def test_cli_top_level_help_exits_0(capsys):
     main(["--help"])  # returns: exit code 0, and the usage on stdout
     out = capsys.readouterr().out
-    assert "lmrl {train,sweep,plot,init-model,sft,eval}" in out
+    assert "lmrl {train,sweep,plot,init-model,sft,eval,rm}" in out
     assert "default|lecture|t1|t3" in out
 
 

@@ -1,5 +1,5 @@
 """Command line: `lmrl train`, `lmrl sweep`, `lmrl plot`, and for causal LMs `lmrl init-model`,
-`lmrl sft`, `lmrl eval`.
+`lmrl sft`, `lmrl eval`, and `lmrl rm train` / `lmrl rm eval` for reward models (rm/cli.py).
 
 `lmrl train [--preset NAME] [--config FILE] [--FIELD VALUE ...]`: every Config field is a flat
 flag (`--delta`, `--kl-weight`, `--G`); a config file (config_files.py) overrides the preset and
@@ -37,7 +37,7 @@ from lmrl.errors import NonFiniteError, RunInterrupted, UsageError, UserError
 from lmrl.presets import PRESETS
 from lmrl.trl_names import hint as trl_hint
 
-USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
+USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval,rm}} ...
 
   lmrl train [--preset {presets}] [--config FILE] [options]   train one run (lmrl train --help)
   lmrl train --nproc N [options]     the same run on N processes (torchrun; the toy task)
@@ -46,6 +46,7 @@ USAGE = """usage: lmrl {{train,sweep,plot,init-model,sft,eval}} ...
   lmrl init-model --out DIR --task sort_text [task options]   a tiny causal LM + tokenizer
   lmrl sft --model DIR --run-dir DIR --task sort_text [options]   supervised warm start
   lmrl eval --model DIR --task sort_text [options]            held-out evaluation
+  lmrl rm {{train,eval}} --model DIR --data PAIRS [options]     a Bradley-Terry reward model
 """
 
 
@@ -445,8 +446,14 @@ def _split_double_dash(args: list[str]) -> tuple[list[str], str, list[str]]:
     return args, "", []
 
 
+def cmd_rm(args: list[str]) -> None:
+    from lmrl.rm.cli import cmd_rm as rm
+
+    rm(args)
+
+
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "plot": cmd_plot,
-            "init-model": cmd_init_model, "sft": cmd_sft, "eval": cmd_eval}
+            "init-model": cmd_init_model, "sft": cmd_sft, "eval": cmd_eval, "rm": cmd_rm}
 
 
 def fail(message: str, code: int) -> None:

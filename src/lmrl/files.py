@@ -25,7 +25,7 @@ from pathlib import Path
 from lmrl.errors import RunDirError
 
 MARKER = ".lmrl"
-KINDS = ("train", "sft", "init-model", "sweep")
+KINDS = ("train", "sft", "init-model", "sweep", "rm")
 _TMP = ".tmp-"
 
 
