@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import sys
 import traceback
@@ -31,6 +30,7 @@ from lmrl.config import (
     PolicyConfig,
     TaskConfig,
     check_device,
+    check_optimizer_flags,
     require_at_least,
 )
 from lmrl.errors import NonFiniteError, RunInterrupted, UsageError, UserError
@@ -314,12 +314,7 @@ class SFTArgs:
 
 def check_sft_args(a: SFTArgs) -> None:
     """Every number in range before anything loads (the training config does the same)."""
-    for flag, value in {"--lr": a.lr, "--weight-decay": a.weight_decay,
-                        "--grad-clip": a.grad_clip}.items():
-        if not math.isfinite(value):
-            raise ConfigError(f"{flag}={value} must be a finite number")
-    if not 0 < a.lr <= 1:
-        raise ConfigError(f"--lr={a.lr} must be in (0, 1]")
+    check_optimizer_flags(a.lr, a.weight_decay, a.grad_clip)
     require_at_least({"--steps": (a.steps, 0), "--B": (a.B, 1),
                       "--eval-every": (a.eval_every, 1), "--warmup-steps": (a.warmup_steps, 0),
                       "--weight-decay": (a.weight_decay, 0), "--grad-clip": (a.grad_clip, 0),

@@ -559,6 +559,17 @@ def require_at_least(limits: dict[str, tuple[float, float]]) -> None:
             raise ConfigError(f"{name}={value} must be >= {low}")
 
 
+def check_optimizer_flags(lr: float, weight_decay: float, grad_clip: float) -> None:
+    """A command's own --lr / --weight-decay / --grad-clip (lmrl sft, lmrl rm train): finite,
+    and the rate in (0, 1]."""
+    for flag, value in {"--lr": lr, "--weight-decay": weight_decay,
+                        "--grad-clip": grad_clip}.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag}={value} must be a finite number")
+    if not 0 < lr <= 1:
+        raise ConfigError(f"--lr={lr} must be in (0, 1]")
+
+
 def check_device(device: str, name: str = "policy.device") -> None:
     """The device must parse and exist here (auto always does)."""
     if device == "auto":

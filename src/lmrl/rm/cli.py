@@ -1,13 +1,18 @@
 """`lmrl rm train` and `lmrl rm eval`: the command line of rm/train.py."""
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 
 from lmrl import files
 from lmrl.cli import cli_parse
-from lmrl.config import MAX_SEED, ConfigError, check_device, require_at_least
+from lmrl.config import (
+    MAX_SEED,
+    ConfigError,
+    check_device,
+    check_optimizer_flags,
+    require_at_least,
+)
 from lmrl.errors import UsageError
 
 USAGE = """usage: lmrl rm {train,eval} ...
@@ -72,12 +77,7 @@ class RMEvalArgs:
 
 def check_train_args(a: RMTrainArgs) -> None:
     """Every number in range before anything loads."""
-    for flag, value in {"--lr": a.lr, "--weight-decay": a.weight_decay,
-                        "--grad-clip": a.grad_clip}.items():
-        if not math.isfinite(value):
-            raise ConfigError(f"{flag}={value} must be a finite number")
-    if not 0 < a.lr <= 1:
-        raise ConfigError(f"--lr={a.lr} must be in (0, 1]")
+    check_optimizer_flags(a.lr, a.weight_decay, a.grad_clip)
     require_at_least({"--steps": (a.steps, 0), "--batch-size": (a.batch_size, 1),
                       "--eval-every": (a.eval_every, 1), "--heldout-size": (a.heldout_size, 0),
                       "--max-length": (a.max_length, 1), "--weight-decay": (a.weight_decay, 0),

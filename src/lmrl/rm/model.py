@@ -119,7 +119,6 @@ def scores_of(model, rows: list[list[int]], pad_id: int) -> Tensor:
     return out.logits[:, 0].float()
 
 
-@torch.no_grad()
 def score(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 32,
           max_length: int | None = None) -> Tensor:
     """The reward of each prompt text + completion text, batch_size rows per forward pass,
@@ -129,12 +128,23 @@ def score(model, tokenizer, prompts: list[str], completions: list[str], batch_si
     assistant's turn opened, as lmrl's policies sample from it)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    return score_texts(model, tokenizer, [p + c for p, c in zip(prompts, completions,
+                                                                strict=True)],
+                       batch_size, max_length)
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, texts: list[str], batch_size: int = 32,
+                max_length: int | None = None) -> Tensor:
+    """The reward of each whole text (encode: special tokens as in training), batch_size rows
+    per forward pass, without gradients; on the model's device, returned on the CPU. -> (N,)
+    `lmrl train --reward-model` scores through this too, so a reward model reads its texts
+    during RL exactly as it read its pairs in `lmrl rm train`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     was_training = model.training
     model.eval()
-    rows = [encode(tokenizer, p + c, max_length)[0]
-            for p, c in zip(prompts, completions, strict=True)]
+    rows = [encode(tokenizer, text, max_length)[0] for text in texts]
     scores = [scores_of(model, rows[i:i + batch_size], tokenizer.pad_token_id).cpu()
               for i in range(0, len(rows), batch_size)]
     model.train(was_training)

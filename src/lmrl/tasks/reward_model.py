@@ -111,16 +111,12 @@ class RewardModel:
                                                    tokenize=False)
                 for p, c in zip(prompts, completions, strict=True)]
 
-    @torch.no_grad()
     def raw_scores(self, texts: list[str]) -> Tensor:
-        """logits[:, 0] per text, batch_size texts per forward pass. (N,) float64 on the CPU."""
-        device = next(self.model.parameters()).device
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], padding=True,
-                                 return_tensors="pt").to(device)
-            parts.append(self.model(**enc).logits[:, 0].double().cpu())
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        """logits[:, 0] per text, batch_size texts per forward pass, tokenized as `lmrl rm
+        train` tokenized its pairs (rm.model.score_texts). (N,) float64 on the CPU."""
+        from lmrl.rm.model import score_texts
+
+        return score_texts(self.model, self.tokenizer, texts, self.batch_size).double()
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list],
               context=None) -> list[float]:
