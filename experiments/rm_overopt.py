@@ -145,9 +145,15 @@ def one_job(job: dict) -> dict:
             "heldout_pairs": evals["clean"]["pairs"], "rm_dir": str(rm_dir)}
 
 
+def expected_noisy(acc_clean: float, p: float) -> float:
+    """The accuracy on labels flipped at probability p of a model with acc_clean on the clean
+    labels (flips independent of the model's errors)."""
+    return (1 - p) * acc_clean + p * (1 - acc_clean)
+
+
 def table(rows: list[dict]) -> str:
     lines = [[r["size"], f"{r['noise']:g}", str(r["seed"]), f"{r['acc_clean']:.3f}",
-              f"{r['acc_noisy']:.3f}", f"{(1 - r['noise']) * r['acc_clean'] + r['noise'] * (1 - r['acc_clean']):.3f}",
+              f"{r['acc_noisy']:.3f}", f"{expected_noisy(r['acc_clean'], r['noise']):.3f}",
               f"{r['gap_clean']:.3f}", f"{r['train_seconds']:.1f}"] for r in rows]
     return markdown_table(["RM backbone", "label noise p", "seed", "held-out acc (clean labels)",
                            "held-out acc (noisy labels)", "expected noisy acc",
