@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -168,16 +169,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, size in enumerate(dict.fromkeys(r["size"] for r in rows)):
-        group = sorted((r for r in rows if r["size"] == size), key=lambda r: r["noise"])
-        xs = [r["noise"] for r in group]
-        ax.plot(xs, [r["acc_clean"] for r in group], "o-", color=f"C{i}",
+        xs = sorted({r["noise"] for r in rows if r["size"] == size})
+        mean = lambda key, p, size=size: statistics.mean(  # noqa: E731  (over seeds)
+            r[key] for r in rows if r["size"] == size and r["noise"] == p)
+        ax.plot(xs, [mean("acc_clean", p) for p in xs], "o-", color=f"C{i}",
                 label=f"{size}: clean labels")
-        ax.plot(xs, [r["acc_noisy"] for r in group], "s--", color=f"C{i}", alpha=0.6,
+        ax.plot(xs, [mean("acc_noisy", p) for p in xs], "s--", color=f"C{i}", alpha=0.6,
                 label=f"{size}: noisy labels")
     xs = sorted({r["noise"] for r in rows})
     ax.plot(xs, [1 - p for p in xs], ":", color="gray", label="perfect RM on noisy labels")
     ax.set_xlabel("label flip probability p (training and noisy held-out)")
-    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_ylabel("held-out pairwise accuracy (mean over seeds)")
     ax.set_title("sort_text n=5: RM accuracy vs label noise")
     ax.legend(fontsize=7)
     fig.tight_layout()
