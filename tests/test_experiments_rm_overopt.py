@@ -1,5 +1,5 @@
 """experiments/rm_overopt.py: its constructed preference pairs (fast), and the whole script at
-tiny sizes through the CLI (slow: about a minute of subprocess start-ups)."""
+tiny sizes through the CLI (slow: 1-3 minutes, mostly subprocess start-ups)."""
 
 import json
 import random
