@@ -174,24 +174,21 @@ def load_reward_model(spec: str, device: str = "cpu", batch_size: int = 64,
         raise ConfigError(f"--reward-model {path}: no such model directory (config.json "
                           "missing); give a directory written by `lmrl rm train` or "
                           "save_pretrained of an AutoModelForSequenceClassification")
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig
 
     from lmrl.policies.loading import load_errors
+    from lmrl.rm.model import load_backbone, load_tokenizer
 
-    hf_logging.disable_progress_bar()  # as for the policy (policies/hf.py): lmrl draws its own
     with load_errors(path, "its config (config.json)"):
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     check_reward_head(path, config)
-    with load_errors(path, "its tokenizer (tokenizer.json, tokenizer_config.json)"):
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    tokenizer.padding_side = "right"  # the head reads the last real token: no left padding
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    with load_errors(path, "its weights (model.safetensors)"):
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
-    if model.config.pad_token_id is None:  # without it, the head cannot find the last token
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # lmrl rm train's loaders: the same tokenizer set-up (EOS pads) and float32 weights, with
+    # config.pad_token_id set so the head reads each row's last real token.
+    tokenizer = load_tokenizer(path)
+    model, new = load_backbone(path, tokenizer)
+    if new:
+        raise ConfigError(f"--reward-model {path}: the checkpoint lacks {', '.join(new)}, so "
+                          "those weights would be random; give a complete reward model")
     return RewardModel(name, model.to(device).eval(), tokenizer, weight, batch_size, norm)
 
 
