@@ -67,18 +67,22 @@ def make_pairs(examples: list[dict], noise: float, rng: random.Random,
     numbers = [e["numbers"] for e in examples]
     ra = REWARDS["positional"](prompts, a, numbers)
     rb = REWARDS["positional"](prompts, b, numbers)
-    clean, noisy, flipped = [], [], 0
+    clean = []
     for p, x, y, rx, ry in zip(prompts, a, b, ra, rb, strict=True):
         if rx == ry:
             continue
         chosen, rejected = (x, y) if rx > ry else (y, x)
         clean.append({"prompt": p, "chosen": chosen, "rejected": rejected})
-        if noise_rng.random() < noise:
-            chosen, rejected = rejected, chosen
-            flipped += 1
-        noisy.append({"prompt": p, "chosen": chosen, "rejected": rejected})
+    noisy, flipped = flip_labels(clean, noise, noise_rng)
     return clean, noisy, {"pairs": len(clean), "ties_dropped": len(examples) - len(clean),
                           "flipped": flipped}
+
+
+def flip_labels(rows: list[dict], p: float, rng: random.Random) -> tuple[list[dict], int]:
+    """(the rows with chosen and rejected swapped, each with probability p; how many were)."""
+    out = [dict(r, chosen=r["rejected"], rejected=r["chosen"]) if rng.random() < p else r
+           for r in rows]
+    return out, sum(o is not r for o, r in zip(out, rows, strict=True))
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -102,17 +106,12 @@ def build_data(out: Path, n_pairs: int, heldout: int, noises: list[float], seed:
     write_rows(out / "heldout_clean.jsonl", clean_held)
     counts = {"train_pairs": len(clean_train), "heldout_pairs": len(clean_held)}
     for p in noises:
-        flip = random.Random(f"{seed}-train-{p}")
-        train = [dict(r, **({"chosen": r["rejected"], "rejected": r["chosen"]}
-                            if flip.random() < p else {})) for r in clean_train]
-        flip = random.Random(f"{seed}-heldout-{p}")
-        held = [dict(r, **({"chosen": r["rejected"], "rejected": r["chosen"]}
-                           if flip.random() < p else {})) for r in clean_held]
+        train, counts[f"train_flipped_p{p}"] = flip_labels(
+            clean_train, p, random.Random(f"{seed}-train-{p}"))
+        held, counts[f"heldout_flipped_p{p}"] = flip_labels(
+            clean_held, p, random.Random(f"{seed}-heldout-{p}"))
         write_rows(out / f"train_p{p}.jsonl", train)
         write_rows(out / f"heldout_p{p}.jsonl", held)
-        counts[f"train_flipped_p{p}"] = sum(r != c for r, c in zip(train, clean_train, strict=True))
-        counts[f"heldout_flipped_p{p}"] = sum(r != c for r, c in zip(held, clean_held,
-                                                                    strict=True))
     return counts
 
 
