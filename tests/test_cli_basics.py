@@ -57,3 +57,16 @@ def test_rm_help_lists_its_subcommands_and_bad_pairs_exit_2(tmp_path):
                 str(tmp_path / "rm"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("lmrl: error: ") and "chosen == rejected" in done.stderr
+
+
+def test_a_list_flag_given_twice_adds_to_its_list_not_replaces_it():
+    from lmrl.cli import parse_config
+
+    cfg = parse_config(["--task", "sort_text", "--model", "some/lm", "--reward-model", "a=0.5",
+                        "--stop", "x", "--reward-model", "b", "c", "--G", "4",
+                        "--reward-model=d", "--stop=y"])
+    assert cfg.task.reward_model == ("a=0.5", "b", "c", "d")
+    assert cfg.policy.stop == ("x", "y") and cfg.train.G == 4
+    once = parse_config(["--task", "sort_text", "--model", "some/lm", "--reward-fns", "m:f",
+                         "m:g"])
+    assert once.task.reward_fns == ("m:f", "m:g")

@@ -82,6 +82,48 @@ def test_the_weight_and_a_verifiable_reward_give_their_weighted_sum(tiny):
     assert table["positional"].sum() > 0  # "1 2 3" for "3 1 2=" earns positional credit
 
 
+def test_task_reward_weight_0_trains_on_the_reward_model_alone_and_still_scores_the_task(tiny):
+    task = build_task(TaskConfig(task="sort_text", n=3, V=5, heldout_size=10,
+                                 reward_model=(f"{tiny / 'rm'}=2",), task_reward_weight=0.0))
+    assert {r.name: r.weight for r in task.rewards} == {
+        "exact_match": 0, "positional": 0, "inclusion_adjacency": 0,
+        "inclusion_adjacency_multiset": 0, "rm": 2}
+    examples = [{"prompt": p, "numbers": [int(x) for x in p[:-1].split()]} for p in PROMPTS[:2]]
+    total, table = task.score(examples, [COMPLETIONS[:2], COMPLETIONS[2:]])
+    assert torch.allclose(total, 2 * table["rm"])
+    assert table["positional"].sum() > 0  # still computed (and logged), not trained on
+    assert task.correct(table).tolist() == [[1.0, 0.0], [0.0, 0.0]]  # eval/exact_match's input
+
+
+def test_task_reward_weight_scales_only_the_tasks_own_rewards(tiny):
+    task = build_task(TaskConfig(task="sort_text", n=3, V=5, heldout_size=10, reward="exact_match",
+                                 reward_model=(str(tiny / "rm"),), task_reward_weight=0.25))
+    assert [(r.name, r.weight) for r in task.rewards if r.weight] == [
+        ("exact_match", 0.25), ("rm", 1.0)]
+
+
+def test_every_weight_zero_is_refused_with_the_fix(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--model", str(tiny / "policy"), "--run-dir", str(tmp_path / "run"),
+              "--steps", "1", "--no-progress", *SORT, "--task-reward-weight", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("lmrl: error:") == 1 and "every reward has weight 0" in err
+    assert "--task-reward-weight" in err and not (tmp_path / "run").exists()
+
+
+def test_task_reward_weight_is_refused_where_it_cannot_apply(tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "1 2="}) + "\n")
+    with pytest.raises(ConfigError, match="task_reward_weight"):  # the user task has no own
+        Config(task=TaskConfig(task="user", data=str(data), reward_fns=("m:f",),
+                               task_reward_weight=0.5), policy=_lm())
+    with pytest.raises(ConfigError, match="not a finite number"):
+        Config(task=TaskConfig(task="sort_text", task_reward_weight=math.inf), policy=_lm())
+    with pytest.raises(ConfigError, match="task_reward_weight"):  # the toy sort task
+        Config(task=TaskConfig(task_reward_weight=0.5))
+
+
 def test_group_norm_standardises_each_group():
     scores = torch.tensor([1.0, 3.0, 10.0, 10.0], dtype=torch.float64)
     out = group_norm(scores, 2, RunningStats())

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import traceback
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -115,6 +116,7 @@ def cli_parse(cls, args: list[str], prog: str, description: str, default=None):
         default = config_files.load(cls, config_file, default)
     description += (" --config FILE (.yaml, .toml, .json; a run's config.yaml) overrides the "
                     "defaults by these names; flags override both.")
+    args = merge_repeated(args, list_flags(cls))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -128,6 +130,50 @@ def cli_parse(cls, args: list[str], prog: str, description: str, default=None):
         end = next((i for i, line in enumerate(lines) if line.startswith("For full")), len(lines))
         lines[end:end] = trl_hints(args, cls)  # before tyro's "For full helptext" line
         raise UsageError("\n  ".join(lines)) from None
+
+
+def list_flags(cls) -> set[str]:
+    """The flags of cls's (and its groups') tuple-valued fields: --reward-model, --stop, ..."""
+    flags = set()
+    for f in dataclasses.fields(cls):
+        tp = f.type
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(tp):
+            flags |= list_flags(tp)
+        elif typing.get_origin(tp) is tuple:
+            flags.add("--" + f.name.replace("_", "-"))
+    return flags
+
+
+def merge_repeated(args: list[str], flags: set[str]) -> list[str]:
+    """`--reward-model A --reward-model B` -> `--reward-model A B`: a list flag given twice adds
+    to its list, where tyro alone would keep the last occurrence and drop the others without a
+    word. Values are the tokens up to the next one that starts with "--"."""
+    out: list[str] = []
+    where: dict[str, int] = {}  # flag -> index in out just past its values so far
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag not in flags:
+            out.append(args[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(args) and not args[j].startswith("--"):
+            j += 1
+        values = ([value] if eq else []) + args[i + 1:j]
+        if flag in where:
+            at = where[flag]
+            out[at:at] = values
+            where = {k: v + len(values) if v >= at and k != flag else v
+                     for k, v in where.items()}
+            where[flag] = at + len(values)
+        else:
+            out += [flag, *values]
+            where[flag] = len(out)
+        i = j
+    return out
 
 
 def split_config_file(args: list[str], prog: str) -> tuple[str | None, list[str]]:

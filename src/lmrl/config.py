@@ -107,6 +107,11 @@ class TaskConfig:
     """Texts per reward-model forward pass (lower it to bound memory)."""
     reward_model_norm: Annotated[str, valid(
         "How a reward model's score is normalised.", RM_NORMS)] = "none"
+    task_reward_weight: float = 1.0
+    """Multiplies the weights of a built-in task's own rewards (not --reward-fns or
+    --reward-model). 0 trains on the other rewards alone while the task's are still logged
+    (train/reward_<name>, eval/exact_match): a reward model as the sole signal, judged by the
+    true reward it never sees."""
 
 
 @dataclass(frozen=True)
@@ -422,6 +427,8 @@ def _check_reward_model(t: TaskConfig) -> None:
     if t.reward_model_batch_size < 1:
         raise ConfigError(f"task.reward_model_batch_size={t.reward_model_batch_size} must be >= 1")
     check_device(t.reward_model_device, "task.reward_model_device")
+    if not math.isfinite(t.task_reward_weight):
+        raise ConfigError(f"task.task_reward_weight={t.task_reward_weight} is not a finite number")
 
 
 def validate(cfg: Config) -> None:

@@ -86,7 +86,8 @@ def running_stats(task) -> dict:
 
 # What every text task reads besides its own fields: a held-out split and user reward functions.
 TEXT_FIELDS = ("heldout_size", "split_seed", "reward_fns", "reward_timeout", "reward_model",
-               "reward_model_device", "reward_model_batch_size", "reward_model_norm")
+               "reward_model_device", "reward_model_batch_size", "reward_model_norm",
+               "task_reward_weight")
 
 
 def no_check(t, default) -> None:
@@ -140,4 +141,6 @@ def extra_rewards(t) -> str:
     fns = f", extra rewards {', '.join(t.reward_fns)}" if t.reward_fns else ""
     models = (f", reward models {', '.join(t.reward_model)} (norm {t.reward_model_norm}, "
               f"device {t.reward_model_device})" if getattr(t, "reward_model", ()) else "")
-    return fns + models
+    own = (f", task reward weight {t.task_reward_weight:g}"
+           if getattr(t, "task_reward_weight", 1.0) != 1.0 else "")
+    return own + fns + models

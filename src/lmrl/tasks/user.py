@@ -187,6 +187,8 @@ DATA_FIELDS = ("data_config", "data_split", "heldout_split", "prompt_column", "a
 
 SPEC = TaskSpec(
     name="user", help="your data's prompt column -> what your --reward-fns score",
-    build=_build, check=_check, fields=("data", "heldout_data", *DATA_FIELDS, *TEXT_FIELDS),
+    # No task_reward_weight: the user task has no rewards of its own (--reward-fns f=w weighs).
+    build=_build, check=_check, fields=("data", "heldout_data", *DATA_FIELDS,
+                                        *(f for f in TEXT_FIELDS if f != "task_reward_weight")),
     own_reward_fns=True,
     describe=describe_data)
