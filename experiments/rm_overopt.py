@@ -37,6 +37,10 @@ from common import RESULTS, RUNS, markdown_table, read_jsonl, write_jsonl  # noq
 NAME = "rm_overopt"
 TASK = ["--task", "sort_text", "--n", "5", "--V", "10"]
 KINDS = ("sorted", "one_swap", "two_swaps", "shuffled")
+# Not in stage 1's pairs: an ascending list of random numbers, mostly not the prompt's (stage 2's
+# "broad" reward model sees these, so it must compare the answer with the prompt).
+MADE_UP = "made_up"
+V = 10
 
 
 def lmrl_cmd() -> list[str]:
@@ -44,7 +48,9 @@ def lmrl_cmd() -> list[str]:
 
 
 def candidate(numbers: list[int], kind: str, rng: random.Random) -> str:
-    """One completion of a kind in KINDS for the prompt `numbers`."""
+    """One completion of a kind in KINDS (or MADE_UP) for the prompt `numbers`."""
+    if kind == MADE_UP:
+        return " ".join(map(str, sorted(rng.randrange(V) for _ in numbers)))
     values = sorted(numbers)
     if kind == "shuffled":
         rng.shuffle(values)
@@ -56,13 +62,14 @@ def candidate(numbers: list[int], kind: str, rng: random.Random) -> str:
 
 
 def make_pairs(examples: list[dict], noise: float, rng: random.Random,
-               noise_rng: random.Random) -> tuple[list[dict], list[dict], dict]:
+               noise_rng: random.Random, kinds: tuple[str, ...] = KINDS
+               ) -> tuple[list[dict], list[dict], dict]:
     """(clean rows, rows with labels flipped at probability noise, counts) for one pair per
     example; ties under the true reward are dropped."""
     from lmrl.tasks.sort_text import REWARDS
 
-    a = [candidate(e["numbers"], rng.choice(KINDS), rng) for e in examples]
-    b = [candidate(e["numbers"], rng.choice(KINDS), rng) for e in examples]
+    a = [candidate(e["numbers"], rng.choice(kinds), rng) for e in examples]
+    b = [candidate(e["numbers"], rng.choice(kinds), rng) for e in examples]
     prompts = [e["prompt"] for e in examples]
     numbers = [e["numbers"] for e in examples]
     ra = REWARDS["positional"](prompts, a, numbers)
@@ -89,7 +96,8 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_data(out: Path, n_pairs: int, heldout: int, noises: list[float], seed: int) -> dict:
+def build_data(out: Path, n_pairs: int, heldout: int, noises: list[float], seed: int,
+               kinds: tuple[str, ...] = KINDS) -> dict:
     """Write train_p<p>.jsonl, heldout_clean.jsonl, heldout_p<p>.jsonl under out; return counts."""
     import torch
 
@@ -100,9 +108,10 @@ def build_data(out: Path, n_pairs: int, heldout: int, noises: list[float], seed:
     # Enough prompts that about n_pairs survive the tie drop (about 30% are ties).
     train_examples = [task.train_example(gen) for _ in range(int(n_pairs * 1.6))]
     rng = random.Random(seed)
-    clean_train, _, _ = make_pairs(train_examples, 0.0, rng, random.Random(0))
+    clean_train, _, _ = make_pairs(train_examples, 0.0, rng, random.Random(0), kinds)
     clean_train = clean_train[:n_pairs]
-    clean_held, _, held_counts = make_pairs(task.heldout[:heldout], 0.0, rng, random.Random(0))
+    clean_held, _, held_counts = make_pairs(task.heldout[:heldout], 0.0, rng, random.Random(0),
+                                            kinds)
     write_rows(out / "heldout_clean.jsonl", clean_held)
     counts = {"train_pairs": len(clean_train), "heldout_pairs": len(clean_held)}
     for p in noises:

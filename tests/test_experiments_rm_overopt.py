@@ -35,6 +35,14 @@ def test_candidates_are_permutations_of_the_prompt():
             map(str, sorted(example["numbers"])))
 
 
+def test_made_up_candidates_are_ascending_lists_of_digits_of_the_prompts_length():
+    rng = random.Random(0)
+    texts = [rm_overopt.candidate(e["numbers"], rm_overopt.MADE_UP, rng) for e in _examples(50)]
+    values = [list(map(int, t.split())) for t in texts]
+    assert all(v == sorted(v) and len(v) == 5 and 0 <= min(v) and max(v) < 10 for v in values)
+    assert len(set(texts)) > 40  # fresh random draws, not one fixed answer
+
+
 def test_clean_pairs_prefer_the_higher_true_reward_and_noise_flips():
     examples = _examples(200)
     clean, noisy, counts = rm_overopt.make_pairs(examples, 0.0, random.Random(1),
