@@ -448,3 +448,51 @@ def test_bind_loss_is_the_loss_with_its_settings():
 def test_bind_loss_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="naive, unclipped, clipped"):
         bind_loss("nope")
+
+
+# ---------------------------------------------------------------- per-token Δ (advantages)
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_token_level_delta_equal_to_its_response_delta_changes_nothing(loss_name, ratio_level,
+                                                                       mode):
+    """A (B, G, T) Δ whose every token carries its response's Δ is the (B, G) Δ: same per-token
+    loss, same aggregated loss, same gradient. logp_old is off the policy so ratios and clipping
+    are really exercised."""
+    logits, tokens, delta, mask = _setup()
+    loss_fn = bind_loss(loss_name, ratio_level=ratio_level)
+    results = []
+    for d in (delta, delta.unsqueeze(-1).expand_as(mask).clone()):
+        logp = _logp_from(logits, tokens)
+        logp_old = logp.detach() + 0.4 * torch.sin(torch.arange(logp.numel(), dtype=logp.dtype)
+                                                   ).reshape(logp.shape)
+        per_token_loss = loss_fn(logp, logp_old, d, mask)
+        loss = aggregate(per_token_loss, mask, mode)
+        (grad,) = torch.autograd.grad(loss, logits)
+        results.append((per_token_loss, loss, grad))
+    (l1, a1, g1), (l2, a2, g2) = results
+    assert g1.abs().sum() > 0
+    assert torch.equal(l1, l2) and torch.equal(a1, a2) and torch.equal(g1, g2)
+
+
+def test_token_level_delta_weights_each_token_by_its_own_delta():
+    # -Δ_t · logp_t with logp = log 0.5 on every token: Δ = [1, -2, 3] -> [log2, -2 log2, 3 log2]
+    logp = t([[HALF, HALF, HALF]])
+    out = naive_loss(logp, logp, t([[1.0, -2.0, 3.0]]), torch.ones_like(logp))
+    assert_close(out, [[LOG2, -2 * LOG2, 3 * LOG2]], atol=1e-12)
+    # clipped, r = 2 on every token, ε = 0.2: Δ > 0 -> -1.2 Δ, Δ < 0 -> -2 Δ
+    out = clipped_loss(t([[HALF] * 3]), t([[QUARTER] * 3]), t([[1.0, -2.0, 3.0]]), t([[1.0] * 3]))
+    assert_close(out, [[-1.2, 4.0, -3.6]], atol=1e-12)
+
+
+def test_ratio_diagnostics_with_token_level_delta():
+    # ratios [2, 2, 0.5, 0.5] with Δ = [1, -1, -1, 1]: high only at token 0, low only at token 2
+    logp = t([[HALF, HALF, QUARTER, QUARTER]])
+    logp_old = t([[QUARTER, QUARTER, HALF, HALF]])
+    d = ratio_diagnostics(logp, logp_old, t([[1.0, -1.0, -1.0, 1.0]]), torch.ones_like(logp))
+    assert d["clip_frac_high"] == pytest.approx(0.25)
+    assert d["clip_frac_low"] == pytest.approx(0.25)
+    same = ratio_diagnostics(logp, logp_old, t([1.0]), torch.ones_like(logp))
+    assert same["clip_frac_high"] == pytest.approx(0.5) and same["clip_frac_low"] == 0.0

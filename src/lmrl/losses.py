@@ -1,8 +1,10 @@
 """Per-token policy losses, KL estimators and loss aggregation: pure tensor functions.
 
 Shapes: per-token tensors are (..., T) — (B, G, T) in the trainer — with a 0/1 `mask` of the
-same shape marking response tokens; per-response tensors (`delta`) are (...), i.e. (B, G).
-Because reward is one number per response, Δ is broadcast to every token of that response.
+same shape marking response tokens. `delta` is either per response, (...) i.e. (B, G), and then
+broadcast to every token of that response (an outcome reward is one number per response), or
+per token, (..., T) i.e. (B, G, T), as an advantage estimator with a value model gives
+(lmrl.advantages.gae). `per_token` is the one place that tells the two apart.
 
 Every loss returns the per-token loss matrix. How it is reduced to a scalar is a separate choice
 (`aggregate`), split into a numerator and a denominator so that gradient accumulation and data
@@ -20,6 +22,14 @@ from torch import Tensor
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x over positions where mask is 1 (0 if the mask is empty)."""
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def per_token(delta: Tensor, logp: Tensor) -> Tensor:
+    """Δ as a per-token tensor: a per-response Δ gets a token axis, a per-token Δ is returned as is.
+
+    Shapes: delta (...) or (..., T), logp (..., T) -> (..., 1) or (..., T), broadcastable to logp.
+    """
+    return delta.unsqueeze(-1) if delta.dim() < logp.dim() else delta
 
 
 # ---------------------------------------------------------------- importance ratios
@@ -50,14 +60,14 @@ def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = 
 
 def naive_loss(logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor) -> Tensor:
     """-Δ · log π_θ per token (its sum over tokens is -Δ log π_θ(A|S)). logp_old unused."""
-    return -delta.unsqueeze(-1) * logp
+    return -per_token(delta, logp) * logp
 
 
 def unclipped_loss(
     logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
 ) -> Tensor:
     """-r · Δ per token: the importance-weighted surrogate with no trust region."""
-    return -importance_ratio(logp, logp_old, mask, ratio_level) * delta.unsqueeze(-1)
+    return -importance_ratio(logp, logp_old, mask, ratio_level) * per_token(delta, logp)
 
 
 def clipped_loss(
@@ -66,7 +76,7 @@ def clipped_loss(
 ) -> Tensor:
     """-min(r·Δ, clip(r, 1-ε_low, 1+ε_high)·Δ) per token (PPO/GRPO clipped surrogate)."""
     ratio = importance_ratio(logp, logp_old, mask, ratio_level)
-    d = delta.unsqueeze(-1)
+    d = per_token(delta, logp)
     clipped_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
     return -torch.minimum(ratio * d, clipped_ratio * d)
 
@@ -132,7 +142,7 @@ def ratio_diagnostics(
     approx_kl_old is the k3 estimate of KL(π_old || π_θ) over the response tokens.
     """
     ratio = importance_ratio(logp, logp_old, mask, ratio_level)
-    d = delta.unsqueeze(-1).expand_as(ratio)
+    d = per_token(delta, logp).expand_as(ratio)
     low = ((d < 0) & (ratio < 1.0 - clip_eps_low)).float()
     high = ((d > 0) & (ratio > 1.0 + clip_eps_high)).float()
     log_r = torch.where(mask.bool(), logp - logp_old, 0.0)
