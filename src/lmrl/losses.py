@@ -34,7 +34,7 @@ def per_token(delta: Tensor, logp: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- importance ratios
 
-RATIO_LEVELS = ("token", "sequence")
+RATIO_LEVELS = ("token", "sequence", "geometric")
 
 
 def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = "token") -> Tensor:
@@ -42,18 +42,28 @@ def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = 
 
     level="token": r_t = exp(logp_t - logp_old_t), the per-token ratio GRPO/PPO code uses.
     level="sequence": r = exp(Σ_t (logp_t - logp_old_t)) = π_θ(A|S)/π_old(A|S), the per-response
-    ratio exactly as the seed defines it. Every token carries the value r, but token t's gradient
-    is r·∇logp_t (not r·∇log π(A|S)): summed over the response's tokens that is r·∇log π(A|S),
-    so aggregation does not multiply each response's gradient by its length.
+    ratio exactly as the seed defines it.
+    level="geometric": s = exp(mean_t (logp_t - logp_old_t)) = (π_θ(A|S)/π_old(A|S))^(1/|A|), the
+    geometric mean of the token ratios: GSPO's length-normalised sequence ratio (Zheng et al.
+    2025, arXiv 2507.18071; TRL's importance_sampling_level="sequence"). GSPO is
+    `--loss clipped --ratio-level geometric --aggregation sequence_mean` (the paper's ε are
+    3e-4 / 4e-4). It is *not* `sequence`, whose product grows with the response's length.
+    At both per-response levels every token carries the value r, but token t's gradient is
+    r·∇logp_t (GSPO's "GSPO-token" form, sg[r]·π_θ(y_t)/sg[π_θ(y_t)]). For sequence, summed
+    over the response that is r·∇log π(A|S), so aggregation does not multiply each response's
+    gradient by its length; for geometric, the response's token mean (sequence_mean) is
+    s·mean_t ∇logp_t = ∇s, GSPO's gradient.
     Shapes: logp, logp_old, mask (..., T) -> (..., T).
     """
     diff = torch.where(mask.bool(), logp - logp_old.detach(), 0.0)
     if level == "token":
         return torch.exp(diff)
-    if level == "sequence":
-        seq = torch.exp(diff.sum(dim=-1, keepdim=True)).detach()
-        return seq * torch.exp(diff - diff.detach())
-    raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
+    if level not in RATIO_LEVELS:
+        raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
+    log_r = diff.sum(dim=-1, keepdim=True)
+    if level == "geometric":
+        log_r = log_r / mask.sum(dim=-1, keepdim=True).clamp(min=1)
+    return torch.exp(log_r).detach() * torch.exp(diff - diff.detach())
 
 
 # ---------------------------------------------------------------- policy losses
