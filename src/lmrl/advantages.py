@@ -34,7 +34,7 @@ def outcome_token_rewards(reward: Tensor, mask: Tensor) -> Tensor:
     """
     last = mask.sum(dim=-1, keepdim=True).long() - 1  # right-padded: the last real position
     positions = torch.arange(mask.shape[-1], device=mask.device)
-    return torch.where(positions == last, reward.unsqueeze(-1), 0.0).to(reward.dtype)
+    return torch.where(positions == last, reward.unsqueeze(-1), 0.0)
 
 
 def kl_penalized_rewards(token_rewards: Tensor, kl: Tensor, beta: float, mask: Tensor) -> Tensor:
