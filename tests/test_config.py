@@ -20,7 +20,7 @@ from lmrl.config import (
 from lmrl.presets import PRESETS
 
 VALID = {
-    "delta": ("raw", "centered", "normalized", "max_only", "rloo"),
+    "delta": ("raw", "centered", "normalized", "max_only", "rloo", "dr_grpo", "reinforce_pp"),
     "loss": ("naive", "unclipped", "clipped"),
     "aggregation": ("token_mean", "sequence_mean", "constant"),
     "reward": ("exact_match", "positional", "inclusion_adjacency",
@@ -410,7 +410,7 @@ def test_group_and_eps_rules_follow_the_delta_metadata(monkeypatch):
     monkeypatch.setitem(DELTAS, "zscore", DeltaSpec(normalized, "test", reads_eps=True))
     assert build(algo={"delta": "zscore", "norm_eps": 0.5}, train={"G": 1}).algo.norm_eps == 0.5
     msg = raises("algo.norm_eps=0.5 has no effect", algo={"delta": "baseline", "norm_eps": 0.5})
-    assert "only delta=normalized/zscore divides by std" in msg
+    assert "only delta=normalized/reinforce_pp/zscore divides by std" in msg
 
 
 def test_describe_shows_only_the_settings_the_loss_and_delta_read():

@@ -8,6 +8,9 @@ Hand computations used below, for rewards R = [1, 2, 3, 6] (one group, G = 4):
   rloo_i = R_i - mean of the other three     =  [1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3]
                                              =  [-8/3, -4/3, 0, 4]
   max_only                                   =  [0, 0, 0, 6]
+  dr_grpo = centered                         =  [-2, -1, 0, 3]
+  reinforce_pp, one batch of N = 4 (any B, G): biased var = 14/4 = 3.5, std = 1.8708287
+    -> [-2, -1, 0, 3] / (1.8708287 + 1e-6)   =  [-1.0690444, -0.5345222, 0, 1.6035666]
 """
 
 import pytest
@@ -18,9 +21,11 @@ from lmrl.deltas import (
     GROUP_BASELINE,
     centered,
     compute_deltas,
+    dr_grpo,
     max_only,
     normalized,
     raw,
+    reinforce_pp,
     rloo,
 )
 
@@ -109,6 +114,67 @@ def test_max_only_negative_rewards_keep_the_max_value():
     assert_close(max_only(torch.tensor([[-1.0, -3.0]])), [[-1.0, 0.0]], atol=0)
 
 
+def test_dr_grpo_is_the_group_mean_baseline_without_std():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 1.0, 1.0]])
+    # group 1: mean 0.5 -> [-0.5, -0.5, 0.5, 0.5]; normalized would divide by std 0.57735
+    assert_close(dr_grpo(rewards), [[-2.0, -1.0, 0.0, 3.0], [-0.5, -0.5, 0.5, 0.5]], atol=0)
+    assert DELTAS["dr_grpo"].needs_group and not DELTAS["dr_grpo"].reads_eps
+
+
+def test_reinforce_pp_normalises_over_the_whole_batch_not_the_group():
+    # The same four rewards as two groups of 2: batch mean 3, biased batch std sqrt(3.5).
+    rewards = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    assert_close(reinforce_pp(rewards), [[-1.0690444, -0.5345222], [0.0, 1.6035666]], atol=2e-7)
+    # per group it would be [[-0.707, 0.707], [-0.707, 0.707]] (normalized): not that
+    assert not torch.allclose(reinforce_pp(rewards), normalized(rewards), atol=1e-2)
+    # and not the unbiased std sqrt(14/3): -2 / 2.1602469 = -0.9258201
+    assert abs(reinforce_pp(rewards)[0, 0].item() + 0.9258201) > 0.1
+
+
+def test_reinforce_pp_works_with_one_sample_per_prompt():
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [6.0]])  # G = 1: a group baseline would be 0
+    assert_close(compute_deltas("reinforce_pp", rewards),
+                 [[-1.0690444], [-0.5345222], [0.0], [1.6035666]], atol=2e-7)
+    spec = DELTAS["reinforce_pp"]
+    assert not spec.needs_group and spec.reads_eps and spec.batch_stats
+
+
+def test_reinforce_pp_eps_round_numbers():
+    # [0, 0, 2, 2]: mean 1, biased std 1 -> ±1 / (1 + eps)
+    rewards = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    assert_close(compute_deltas("reinforce_pp", rewards, eps=0.0), [[-1.0, -1.0], [1.0, 1.0]],
+                 atol=0)
+    assert_close(compute_deltas("reinforce_pp", rewards, eps=1.0), [[-0.5, -0.5], [0.5, 0.5]],
+                 atol=0)
+
+
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 0.0, -1.5])
+def test_reinforce_pp_equal_batch_gives_exact_zero(value):
+    out = compute_deltas("reinforce_pp", torch.full((3, 2), value), eps=0.0)
+    assert not torch.isnan(out).any() and (out == 0).all()
+    # one group constant but not the batch: the batch baseline still moves that group
+    # [1, 1, 2, 4]: mean 2, biased var (1 + 1 + 0 + 4) / 4 = 1.5 -> -1 / 1.2247449 = -0.8164966
+    out = compute_deltas("reinforce_pp", torch.tensor([[1.0, 1.0], [2.0, 4.0]]), eps=0.0)
+    assert_close(out, [[-0.8164966, -0.8164966], [0.0, 1.6329932]], atol=2e-7)
+
+
+def test_reinforce_pp_unscored_samples_leave_the_batch_statistics():
+    # scored: 1, 3, 6, 2 -> mean 3, deviations [-2, 0, 3, -1], biased var 14/4 as above
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, nan], [3.0, 6.0], [nan, 2.0]])
+    assert_close(compute_deltas("reinforce_pp", rewards),
+                 [[-1.0690444, 0.0], [0.0, 1.6035666], [0.0, -0.5345222]], atol=2e-7)
+    all_nan = torch.full((2, 2), nan)
+    assert (compute_deltas("reinforce_pp", all_nan) == 0).all()
+
+
+def test_dr_grpo_unscored_samples_leave_their_group():
+    nan = float("nan")
+    rewards = torch.tensor([[1.0, nan, 3.0], [nan, nan, 5.0]])
+    # group 0: scored 1, 3 -> mean 2 -> [-1, 0, 1]; group 1: one scored sample -> 0
+    assert_close(compute_deltas("dr_grpo", rewards), [[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], atol=0)
+
+
 # ---------------------------------------------------------------- equivalences and edge cases
 
 
@@ -175,6 +241,8 @@ def test_compute_deltas_dispatches_each_name():
         "normalized": [[-0.9258197, -0.4629098, 0.0, 1.3887296]],
         "max_only": [[0.0, 0.0, 0.0, 6.0]],
         "rloo": [[-8 / 3, -4 / 3, 0.0, 4.0]],
+        "dr_grpo": [[-2.0, -1.0, 0.0, 3.0]],
+        "reinforce_pp": [[-1.0690444, -0.5345222, 0.0, 1.6035666]],
     }
     assert set(expected) == set(DELTAS)
     for name, values in expected.items():
@@ -184,7 +252,7 @@ def test_compute_deltas_dispatches_each_name():
 def test_compute_deltas_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="nope") as err:
         compute_deltas("nope", R)
-    for name in ("raw", "centered", "normalized", "max_only", "rloo"):
+    for name in ("raw", "centered", "normalized", "max_only", "rloo", "dr_grpo", "reinforce_pp"):
         assert name in str(err.value)
 
 

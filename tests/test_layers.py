@@ -16,10 +16,11 @@ sys.path.insert(0, str(BENCH))
 from import_graph import cycles, loads, read_graph, report  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-PURE = ["lmrl.deltas", "lmrl.losses", "lmrl.optim", "lmrl.config", "lmrl.rm.loss"]
+PURE = ["lmrl.deltas", "lmrl.advantages", "lmrl.losses", "lmrl.optim", "lmrl.config",
+        "lmrl.rm.loss"]
 HEAVY = ["lmrl.trainer", "matplotlib", "transformers"]
-LEAVES = ["lmrl.deltas", "lmrl.losses", "lmrl.optim", "lmrl.errors", "lmrl.files",
-          "lmrl.checkpoint", "lmrl.rm.loss", "lmrl.rm.model", "lmrl.rm.pairs",
+LEAVES = ["lmrl.deltas", "lmrl.advantages", "lmrl.losses", "lmrl.optim", "lmrl.errors",
+          "lmrl.files", "lmrl.checkpoint", "lmrl.rm.loss", "lmrl.rm.model", "lmrl.rm.pairs",
           "lmrl.rm.train"] + sorted(
     "lmrl.policies." + p.stem for p in (SRC / "lmrl" / "policies").glob("*.py")
     if p.stem != "__init__")

@@ -182,7 +182,7 @@ def test_sequence_ratio_one_has_the_naive_gradient(loss_name):
     torch.testing.assert_close(seq, naive, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+@pytest.mark.parametrize("ratio_level", ["token", "sequence", "geometric"])
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 def test_every_loss_has_zero_gradient_where_delta_is_zero(loss_name, ratio_level):
     """What lets the update skip groups whose Δ are all 0 (step.Batch.groups_with_gradient):
@@ -448,3 +448,100 @@ def test_bind_loss_is_the_loss_with_its_settings():
 def test_bind_loss_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="naive, unclipped, clipped"):
         bind_loss("nope")
+
+
+# ---------------------------------------------------------------- per-token Δ (advantages)
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+@pytest.mark.parametrize("ratio_level", ["token", "sequence", "geometric"])
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_token_level_delta_equal_to_its_response_delta_changes_nothing(loss_name, ratio_level,
+                                                                       mode):
+    """A (B, G, T) Δ whose every token carries its response's Δ is the (B, G) Δ: same per-token
+    loss, same aggregated loss, same gradient. logp_old is off the policy so ratios and clipping
+    are really exercised."""
+    logits, tokens, delta, mask = _setup()
+    loss_fn = bind_loss(loss_name, ratio_level=ratio_level)
+    results = []
+    for d in (delta, delta.unsqueeze(-1).expand_as(mask).clone()):
+        logp = _logp_from(logits, tokens)
+        logp_old = logp.detach() + 0.4 * torch.sin(torch.arange(logp.numel(), dtype=logp.dtype)
+                                                   ).reshape(logp.shape)
+        per_token_loss = loss_fn(logp, logp_old, d, mask)
+        loss = aggregate(per_token_loss, mask, mode)
+        (grad,) = torch.autograd.grad(loss, logits)
+        results.append((per_token_loss, loss, grad))
+    (l1, a1, g1), (l2, a2, g2) = results
+    assert g1.abs().sum() > 0
+    assert torch.equal(l1, l2) and torch.equal(a1, a2) and torch.equal(g1, g2)
+
+
+def test_token_level_delta_weights_each_token_by_its_own_delta():
+    # -Δ_t · logp_t with logp = log 0.5 on every token: Δ = [1, -2, 3] -> [log2, -2 log2, 3 log2]
+    logp = t([[HALF, HALF, HALF]])
+    out = naive_loss(logp, logp, t([[1.0, -2.0, 3.0]]), torch.ones_like(logp))
+    assert_close(out, [[LOG2, -2 * LOG2, 3 * LOG2]], atol=1e-12)
+    # clipped, r = 2 on every token, ε = 0.2: Δ > 0 -> -1.2 Δ, Δ < 0 -> -2 Δ
+    out = clipped_loss(t([[HALF] * 3]), t([[QUARTER] * 3]), t([[1.0, -2.0, 3.0]]), t([[1.0] * 3]))
+    assert_close(out, [[-1.2, 4.0, -3.6]], atol=1e-12)
+
+
+def test_ratio_diagnostics_with_token_level_delta():
+    # ratios [2, 2, 0.5, 0.5] with Δ = [1, -1, -1, 1]: high only at token 0, low only at token 2
+    logp = t([[HALF, HALF, QUARTER, QUARTER]])
+    logp_old = t([[QUARTER, QUARTER, HALF, HALF]])
+    d = ratio_diagnostics(logp, logp_old, t([[1.0, -1.0, -1.0, 1.0]]), torch.ones_like(logp))
+    assert d["clip_frac_high"] == pytest.approx(0.25)
+    assert d["clip_frac_low"] == pytest.approx(0.25)
+    same = ratio_diagnostics(logp, logp_old, t([1.0]), torch.ones_like(logp))
+    assert same["clip_frac_high"] == pytest.approx(0.5) and same["clip_frac_low"] == 0.0
+
+
+# ---------------------------------------------------------------- GSPO's geometric-mean ratio
+
+
+def test_geometric_ratio_is_exp_of_the_mean_token_log_ratio():
+    # response 0: log-ratios log2, log2, (masked: log 4) -> s = exp(mean) = 2 (sequence: 4)
+    # response 1: log-ratios log2, log2, -log2 -> mean log2 / 3 -> s = 2^(1/3) (sequence: 2)
+    logp = t([[HALF, HALF, math.log(0.8)], [HALF, HALF, QUARTER]])
+    logp_old = t([[QUARTER, QUARTER, math.log(0.2)], [QUARTER, QUARTER, HALF]])
+    mask = t([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    r = importance_ratio(logp, logp_old, mask, level="geometric")
+    cube_root_2 = 2 ** (1 / 3)  # 1.2599210
+    assert_close(r, [[2.0, 2.0, 2.0], [cube_root_2] * 3], atol=1e-12)
+    assert_close(importance_ratio(logp, logp_old, mask, level="sequence")[:, 0], [4.0, 2.0],
+                 atol=1e-12)
+
+
+def test_gspo_gradient_with_sequence_mean_is_the_gradient_of_s():
+    """GSPO's objective per response is s·Δ with s = exp(mean_t log-ratio): its gradient is
+    s·Δ·mean_t ∇logp_t. lmrl's per-token geometric ratio with sequence_mean aggregation gives
+    exactly that (the unclipped loss, and the clipped one inside [1-ε, 1+ε])."""
+    logits, tokens, delta, mask = _setup()
+    logp = _logp_from(logits, tokens)
+    logp_old = logp.detach() + 0.05 * torch.cos(torch.arange(logp.numel(), dtype=logp.dtype)
+                                                ).reshape(logp.shape)
+    ours = aggregate(unclipped_loss(logp, logp_old, delta, mask, "geometric"), mask,
+                     "sequence_mean")
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    logp = _logp_from(logits, tokens)
+    s = torch.exp(((logp - logp_old) * mask).sum(-1) / mask.sum(-1))  # (B, G), differentiable
+    (g_gspo,) = torch.autograd.grad(-(s * delta).mean(), logits)
+    torch.testing.assert_close(g_ours, g_gspo, rtol=1e-10, atol=1e-13)
+    assert g_gspo.abs().sum() > 0
+    logp = _logp_from(logits, tokens)
+    clipped = aggregate(clipped_loss(logp, logp_old, delta, mask, "geometric", 0.5, 0.5), mask,
+                        "sequence_mean")
+    (g_clipped,) = torch.autograd.grad(clipped, logits)
+    torch.testing.assert_close(g_clipped, g_gspo, rtol=1e-10, atol=1e-13)
+
+
+def test_geometric_clipped_loss_clips_the_whole_response():
+    # s = 2 on both tokens (log-ratios log 4 and 0): Δ = 1 clips at 1.2 -> -1.2, gradient 0
+    logp = t([[0.0, HALF]]).requires_grad_()
+    out = clipped_loss(logp, t([[math.log(0.25), HALF]]), t([1.0]), torch.ones(1, 2),
+                       ratio_level="geometric")
+    assert_close(out.detach(), [[-1.2, -1.2]], atol=1e-12)
+    (grad,) = torch.autograd.grad(out.sum(), logp)
+    assert_close(grad, [[0.0, 0.0]], atol=0)

@@ -188,8 +188,10 @@ class AlgoConfig:
     """Separate lower ε (defaults to clip_eps)."""
     clip_eps_high: float | None = None
     """Separate upper ε (defaults to clip_eps)."""
-    ratio_level: Annotated[str, valid("Importance ratio per token (GRPO) or per response (the "
-                                      "seed's π(A|S)/π_old(A|S)).", RATIO_LEVELS)] = "token"
+    ratio_level: Annotated[str, valid("Importance ratio per token (GRPO), per response (the "
+                                      "seed's π(A|S)/π_old(A|S)), or per response as the "
+                                      "geometric mean of its token ratios (GSPO).",
+                                      RATIO_LEVELS)] = "token"
     kl_weight: float = 0.1
     """λ in L = L_pg + λ·KL(π || π_ref); 0 disables the reference policy entirely."""
     kl_estimator: Annotated[str | None, valid("Per-token KL estimator (default k3 when "

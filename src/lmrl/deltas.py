@@ -1,7 +1,8 @@
 """Deltas: the per-response weight Δ(S, A) in  ∇J ≈ E[Δ(S,A) ∇ log π(A|S)].
 
 Every function is pure: rewards of shape (B, G) in (B prompts, G samples each), deltas of the
-same shape out. A group is one prompt's G samples; group statistics never cross prompts.
+same shape out. A group is one prompt's G samples; group statistics never cross prompts, except
+in the deltas whose spec says `batch_stats` (reinforce_pp), whose statistics span all B·G samples.
 
 Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
 - normalized uses the unbiased (G-1) standard deviation, and eps is added to the std,
@@ -15,6 +16,8 @@ Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
 - A reward of nan marks a sample that no reward function scored (TRL's None): as in TRL, it is
   left out of its group's statistics (the delta is computed over the group's scored samples
   only) and its Δ is 0. A group-baseline delta with fewer than 2 scored samples is 0 there.
+  A batch-statistics delta (reinforce_pp) takes its statistics over the batch's scored samples.
+- reinforce_pp uses the biased (N) standard deviation over the batch; see its docstring.
 """
 
 from collections.abc import Callable
@@ -59,6 +62,39 @@ def rloo(rewards: Tensor) -> Tensor:
     return centered(rewards) * (G / (G - 1))
 
 
+def dr_grpo(rewards: Tensor) -> Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783):
+    Δ_i = R_i - mean_j R_j, GRPO's advantage without the division by the group's std (which
+    weights prompts by how consistent their rewards are: too easy or too hard ones get more).
+
+    The paper's second change, dropping GRPO's 1/|o_i| length normalisation, is not a delta but
+    the loss's reduction: in lmrl it is `--aggregation constant` (Σ tokens / (N·L) with a fixed
+    L), to be chosen alongside; this delta does not change the aggregation.
+    The math is `centered`'s; the name exists so a run says which paper it follows.
+    Shapes: rewards (B, G) -> (B, G).
+    """
+    return centered(rewards)
+
+
+def reinforce_pp(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """REINFORCE++ (Hu et al. 2025, arXiv 2501.03262) with outcome rewards, no critic and no group:
+    Δ = (R - mean) / (std + eps), mean and std over the WHOLE batch (all B·G samples, every
+    prompt), the paper's global advantage normalisation, instead of GRPO's per-prompt group.
+
+    Choices fixed here: the std is the biased (population, 1/N) one, the batch's own spread (the
+    paper normalises by the batch's σ; with N = B·G samples the N-1 correction hardly matters),
+    and eps is added to the std as in `normalized`, so algo.norm_eps means the same in both.
+    (OpenRLHF's implementation whitens over tokens and floors the variance at eps instead.)
+    The paper's KL-in-reward term is not part of Δ here; lmrl's KL is the separate loss term.
+    Under data parallelism the mean and std would have to be pooled over every rank's samples;
+    this function sees only the batch it is given. A batch whose rewards are all equal gets 0.
+    Shapes: rewards (B, G) -> (B, G); G = 1 is fine.
+    """
+    if bool(rewards.amax() == rewards.amin()):  # as in centered: exact zeros, never ulp noise
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+
+
 DeltaFn = Callable[..., Tensor]
 
 
@@ -67,7 +103,9 @@ class DeltaSpec:
     """A delta and what the config needs to know about it.
 
     needs_group: it subtracts a group baseline, so it needs G >= 2 (with one sample the
-    baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps).
+    baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps); batch_stats: its
+    statistics span the whole batch, not one group (so unscored samples leave the batch's
+    statistics, and data parallelism would need them pooled across ranks).
     Calling the spec calls the delta.
     """
 
@@ -75,6 +113,7 @@ class DeltaSpec:
     help: str  # the formula: in config.py's --help (a test keeps them equal) and describe()
     needs_group: bool = False
     reads_eps: bool = False
+    batch_stats: bool = False
 
     def __call__(self, rewards: Tensor, **settings: float) -> Tensor:
         return self.fn(rewards, **settings)
@@ -87,13 +126,18 @@ DELTAS: dict[str, DeltaSpec] = {
                             reads_eps=True),
     "max_only": DeltaSpec(max_only, "R where R is the group's maximum, else 0"),
     "rloo": DeltaSpec(rloo, "R - mean of the other samples", needs_group=True),
+    "dr_grpo": DeltaSpec(dr_grpo, "R - mean (pair with --aggregation constant)",
+                         needs_group=True),
+    "reinforce_pp": DeltaSpec(reinforce_pp, "(R - batch mean) / (batch std + eps)",
+                              reads_eps=True, batch_stats=True),
 }
 GROUP_BASELINE = {name for name, spec in DELTAS.items() if spec.needs_group}
 
 
 def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dispatch by name; eps goes only to the deltas that read it (normalized). nan rewards
-    (unscored samples) get Δ = 0 and stay out of their group's statistics."""
+    """Dispatch by name; eps goes only to the deltas that read it (normalized, reinforce_pp).
+    nan rewards (unscored samples) get Δ = 0 and stay out of their group's statistics (out of
+    the batch's, for a batch-statistics delta)."""
     if name not in DELTAS:
         raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
     spec = DELTAS[name]
@@ -102,6 +146,10 @@ def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
     if bool(scored.all()):
         return spec.fn(rewards, **settings)
     delta = torch.zeros_like(rewards)
+    if spec.batch_stats:  # the scored samples as one batch: (1, number scored)
+        if bool(scored.any()):
+            delta[scored] = spec.fn(rewards[scored][None], **settings)[0]
+        return delta
     for b in range(rewards.shape[0]):  # groups differ in size: one at a time (rare)
         keep = scored[b]
         if int(keep.sum()) >= (2 if spec.needs_group else 1):

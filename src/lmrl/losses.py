@@ -1,8 +1,10 @@
 """Per-token policy losses, KL estimators and loss aggregation: pure tensor functions.
 
 Shapes: per-token tensors are (..., T) — (B, G, T) in the trainer — with a 0/1 `mask` of the
-same shape marking response tokens; per-response tensors (`delta`) are (...), i.e. (B, G).
-Because reward is one number per response, Δ is broadcast to every token of that response.
+same shape marking response tokens. `delta` is either per response, (...) i.e. (B, G), and then
+broadcast to every token of that response (an outcome reward is one number per response), or
+per token, (..., T) i.e. (B, G, T), as an advantage estimator with a value model gives
+(lmrl.advantages.gae). `per_token` is the one place that tells the two apart.
 
 Every loss returns the per-token loss matrix. How it is reduced to a scalar is a separate choice
 (`aggregate`), split into a numerator and a denominator so that gradient accumulation and data
@@ -22,9 +24,17 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def per_token(delta: Tensor, logp: Tensor) -> Tensor:
+    """Δ as a per-token tensor: a per-response Δ gets a token axis, a per-token Δ is returned as is.
+
+    Shapes: delta (...) or (..., T), logp (..., T) -> (..., 1) or (..., T), broadcastable to logp.
+    """
+    return delta.unsqueeze(-1) if delta.dim() < logp.dim() else delta
+
+
 # ---------------------------------------------------------------- importance ratios
 
-RATIO_LEVELS = ("token", "sequence")
+RATIO_LEVELS = ("token", "sequence", "geometric")
 
 
 def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = "token") -> Tensor:
@@ -32,32 +42,42 @@ def importance_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor, level: str = 
 
     level="token": r_t = exp(logp_t - logp_old_t), the per-token ratio GRPO/PPO code uses.
     level="sequence": r = exp(Σ_t (logp_t - logp_old_t)) = π_θ(A|S)/π_old(A|S), the per-response
-    ratio exactly as the seed defines it. Every token carries the value r, but token t's gradient
-    is r·∇logp_t (not r·∇log π(A|S)): summed over the response's tokens that is r·∇log π(A|S),
-    so aggregation does not multiply each response's gradient by its length.
+    ratio exactly as the seed defines it.
+    level="geometric": s = exp(mean_t (logp_t - logp_old_t)) = (π_θ(A|S)/π_old(A|S))^(1/|A|), the
+    geometric mean of the token ratios: GSPO's length-normalised sequence ratio (Zheng et al.
+    2025, arXiv 2507.18071; TRL's importance_sampling_level="sequence"). GSPO is
+    `--loss clipped --ratio-level geometric --aggregation sequence_mean` (the paper's ε are
+    3e-4 / 4e-4). It is *not* `sequence`, whose product grows with the response's length.
+    At both per-response levels every token carries the value r, but token t's gradient is
+    r·∇logp_t (GSPO's "GSPO-token" form, sg[r]·π_θ(y_t)/sg[π_θ(y_t)]). For sequence, summed
+    over the response that is r·∇log π(A|S), so aggregation does not multiply each response's
+    gradient by its length; for geometric, the response's token mean (sequence_mean) is
+    s·mean_t ∇logp_t = ∇s, GSPO's gradient.
     Shapes: logp, logp_old, mask (..., T) -> (..., T).
     """
     diff = torch.where(mask.bool(), logp - logp_old.detach(), 0.0)
     if level == "token":
         return torch.exp(diff)
-    if level == "sequence":
-        seq = torch.exp(diff.sum(dim=-1, keepdim=True)).detach()
-        return seq * torch.exp(diff - diff.detach())
-    raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
+    if level not in RATIO_LEVELS:
+        raise ValueError(f"unknown ratio level {level!r}; valid: {', '.join(RATIO_LEVELS)}")
+    log_r = diff.sum(dim=-1, keepdim=True)
+    if level == "geometric":
+        log_r = log_r / mask.sum(dim=-1, keepdim=True).clamp(min=1)
+    return torch.exp(log_r).detach() * torch.exp(diff - diff.detach())
 
 
 # ---------------------------------------------------------------- policy losses
 
 def naive_loss(logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor) -> Tensor:
     """-Δ · log π_θ per token (its sum over tokens is -Δ log π_θ(A|S)). logp_old unused."""
-    return -delta.unsqueeze(-1) * logp
+    return -per_token(delta, logp) * logp
 
 
 def unclipped_loss(
     logp: Tensor, logp_old: Tensor, delta: Tensor, mask: Tensor, ratio_level: str = "token",
 ) -> Tensor:
     """-r · Δ per token: the importance-weighted surrogate with no trust region."""
-    return -importance_ratio(logp, logp_old, mask, ratio_level) * delta.unsqueeze(-1)
+    return -importance_ratio(logp, logp_old, mask, ratio_level) * per_token(delta, logp)
 
 
 def clipped_loss(
@@ -66,7 +86,7 @@ def clipped_loss(
 ) -> Tensor:
     """-min(r·Δ, clip(r, 1-ε_low, 1+ε_high)·Δ) per token (PPO/GRPO clipped surrogate)."""
     ratio = importance_ratio(logp, logp_old, mask, ratio_level)
-    d = delta.unsqueeze(-1)
+    d = per_token(delta, logp)
     clipped_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
     return -torch.minimum(ratio * d, clipped_ratio * d)
 
@@ -132,7 +152,7 @@ def ratio_diagnostics(
     approx_kl_old is the k3 estimate of KL(π_old || π_θ) over the response tokens.
     """
     ratio = importance_ratio(logp, logp_old, mask, ratio_level)
-    d = delta.unsqueeze(-1).expand_as(ratio)
+    d = per_token(delta, logp).expand_as(ratio)
     low = ((d < 0) & (ratio < 1.0 - clip_eps_low)).float()
     high = ((d > 0) & (ratio > 1.0 + clip_eps_high)).float()
     log_r = torch.where(mask.bool(), logp - logp_old, 0.0)

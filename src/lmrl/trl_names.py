@@ -37,8 +37,9 @@ TRL_NAMES: dict[str, tuple[str | None, str]] = {
     "epsilon": ("clip_eps", "clip range ε"),
     "epsilon_high": ("clip_eps_high", "upper ε (lmrl also has --clip-eps-low)"),
     "importance_sampling_level": (
-        "ratio_level", "token is the same; TRL's sequence averages the log-ratio over tokens "
-        "(GSPO), lmrl's sums it (the whole response's ratio, the seed's)"),
+        "ratio_level", "token is the same; TRL's sequence (GSPO: the log-ratio averaged over "
+        "tokens) is lmrl's geometric; lmrl's sequence sums it (the whole response's ratio, the "
+        "seed's)"),
     "loss_type": (
         "aggregation", "TRL's loss_type picks the normaliser: grpo = sequence_mean, "
         "dapo (TRL's default) and bnpo = token_mean, dr_grpo = constant; the policy loss itself "
