@@ -15,6 +15,8 @@ Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
 - A reward of nan marks a sample that no reward function scored (TRL's None): as in TRL, it is
   left out of its group's statistics (the delta is computed over the group's scored samples
   only) and its Δ is 0. A group-baseline delta with fewer than 2 scored samples is 0 there.
+- A learned baseline B(S) (value, running_mean) is state that outlives the step, so it is not
+  computed here: the step passes its values in (`baseline`, (B, 1)) and baselines.py learns it.
 """
 
 from collections.abc import Callable
@@ -59,6 +61,12 @@ def rloo(rewards: Tensor) -> Tensor:
     return centered(rewards) * (G / (G - 1))
 
 
+def baseline_subtracted(rewards: Tensor, baseline: Tensor) -> Tensor:
+    """Δ = R - B(S), B a baseline of the prompt alone (learned: baselines.py), so no group is
+    needed. Shapes: rewards (B, G), baseline (B, 1) or (B, G) -> (B, G)."""
+    return rewards - baseline
+
+
 DeltaFn = Callable[..., Tensor]
 
 
@@ -67,7 +75,8 @@ class DeltaSpec:
     """A delta and what the config needs to know about it.
 
     needs_group: it subtracts a group baseline, so it needs G >= 2 (with one sample the
-    baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps).
+    baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps);
+    learned_baseline: it takes `baseline`, B(S) of a learned baseline (baselines.BASELINES).
     Calling the spec calls the delta.
     """
 
@@ -75,6 +84,7 @@ class DeltaSpec:
     help: str  # the formula: in config.py's --help (a test keeps them equal) and describe()
     needs_group: bool = False
     reads_eps: bool = False
+    learned_baseline: bool = False
 
     def __call__(self, rewards: Tensor, **settings: float) -> Tensor:
         return self.fn(rewards, **settings)
@@ -87,16 +97,27 @@ DELTAS: dict[str, DeltaSpec] = {
                             reads_eps=True),
     "max_only": DeltaSpec(max_only, "R where R is the group's maximum, else 0"),
     "rloo": DeltaSpec(rloo, "R - mean of the other samples", needs_group=True),
+    "value": DeltaSpec(baseline_subtracted, "R - V(S), V a network of the prompt fit to R",
+                       learned_baseline=True),
+    "running_mean": DeltaSpec(baseline_subtracted, "R - the running mean of R for the prompt",
+                              learned_baseline=True),
 }
 GROUP_BASELINE = {name for name, spec in DELTAS.items() if spec.needs_group}
 
 
-def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dispatch by name; eps goes only to the deltas that read it (normalized). nan rewards
-    (unscored samples) get Δ = 0 and stay out of their group's statistics."""
+def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6,
+                   baseline: Tensor | None = None) -> Tensor:
+    """Dispatch by name; eps goes only to the deltas that read it (normalized), baseline (B, 1)
+    only to those with a learned baseline. nan rewards (unscored samples) get Δ = 0 and stay
+    out of their group's statistics."""
     if name not in DELTAS:
         raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
     spec = DELTAS[name]
+    if spec.learned_baseline:
+        if baseline is None:
+            raise ValueError(f"delta {name!r} subtracts a learned baseline: pass baseline (B, 1)")
+        # Per sample, no group statistics: an unscored sample's Δ is 0, the others' unchanged.
+        return torch.where(rewards.isnan(), 0.0, spec.fn(rewards, baseline=baseline))
     settings = {"eps": eps} if spec.reads_eps else {}
     scored = ~rewards.isnan()
     if bool(scored.all()):
