@@ -20,7 +20,7 @@ from lmrl.config import (
 from lmrl.presets import PRESETS
 
 VALID = {
-    "delta": ("raw", "centered", "normalized", "max_only", "rloo"),
+    "delta": ("raw", "centered", "normalized", "max_only", "rloo", "value", "running_mean"),
     "loss": ("naive", "unclipped", "clipped"),
     "aggregation": ("token_mean", "sequence_mean", "constant"),
     "reward": ("exact_match", "positional", "inclusion_adjacency",
