@@ -13,6 +13,7 @@ from typing import Annotated
 import torch
 import tyro
 
+from lmrl.baselines import BASELINES
 from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.logging import LOGGERS, sink_names
@@ -181,6 +182,12 @@ class AlgoConfig:
                                 "registry: lmrl/deltas.py).", DELTAS)] = "normalized"
     norm_eps: float = 1e-6
     """eps in normalized deltas (R - mean) / (std + eps)."""
+    value_lr: float = 1e-2
+    """Learning rate of delta=value's value network V(S) (its own AdamW, one step on the MSE to
+    the rewards per training step)."""
+    baseline_decay: float = 0.0
+    """delta=running_mean: 0 keeps the exact mean of every reward seen for a prompt; d in
+    (0, 1) a moving average, mean <- d·mean + (1-d)·(the step's mean for the prompt)."""
     loss: Annotated[str, valid("Policy loss (the registry: lmrl/losses.py).", LOSSES)] = "clipped"
     clip_eps: float = 0.2
     """Clip range ε: r is clipped to [1-ε, 1+ε]."""
@@ -369,6 +376,8 @@ def _reject_ignored(cfg: Config) -> None:
          f"loss={a.loss} has no importance ratio"),
         (not delta_spec.reads_eps, "algo", ("norm_eps",),
          f"only delta={reading_eps} divides by std"),
+        *[(a.delta != name, "algo", baseline.reads, f"only delta={name} reads it")
+          for name, baseline in BASELINES.items()],
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
@@ -453,9 +462,15 @@ def validate(cfg: Config) -> None:
     for name in sink_names(lg.logger):
         _choice("log", "logger", name, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
+    learned = "/".join(BASELINES)
     if tr.G < 2 and DELTAS[a.delta].needs_group:
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
-                          "samples per prompt; raise G or use delta=raw")
+                          f"samples per prompt; raise G or use delta=raw, or a learned baseline "
+                          f"that needs no group (delta={learned})")
+    if DELTAS[a.delta].learned_baseline and not cfg.is_toy:
+        raise ConfigError(f"delta={a.delta} learns B(S) from the toy sort task's prompts; with a "
+                          "causal LM use a group baseline (centered, normalized, rloo): a critic "
+                          "for language models is not part of lmrl yet")
     if LOSSES[a.loss].clips and min(a.eps_low, a.eps_high) <= 0:
         raise ConfigError(f"clip ε must be > 0 (got low={a.eps_low}, high={a.eps_high}); "
                           "to remove clipping use loss=unclipped")
@@ -555,6 +570,9 @@ def _check_ranges(cfg: Config) -> None:
     if not 0.0 <= tr.min_lr_frac <= 1.0:
         raise ConfigError(f"train.min_lr_frac={tr.min_lr_frac} must be in [0, 1] (a fraction of "
                           "the peak lr; a negative one would ascend the loss)")
+    if not 0.0 < cfg.algo.value_lr <= 1.0 or not 0.0 <= cfg.algo.baseline_decay < 1.0:
+        raise ConfigError(f"algo.value_lr={cfg.algo.value_lr} must be in (0, 1] and "
+                          f"algo.baseline_decay={cfg.algo.baseline_decay} in [0, 1)")
     if tr.lr is not None and tr.lr > 1.0:
         raise ConfigError(f"train.lr={tr.lr} is above 1: AdamW moves every weight by about lr "
                           "per update, so the model would diverge; use e.g. 1e-4 to 1e-2")
@@ -652,6 +670,8 @@ def _describe_objective(a: AlgoConfig) -> str:
     """The delta and loss as formulas (from their registries), with the settings each reads."""
     delta_spec, loss_spec = DELTAS[a.delta], LOSSES[a.loss]
     delta = [delta_spec.help] + ([f"eps={a.norm_eps}"] if delta_spec.reads_eps else [])
+    delta += [f"{name}={getattr(a, name)}" for name in
+              (BASELINES[a.delta].reads if a.delta in BASELINES else ())]
     loss = ([loss_spec.help] + ([f"ε={a.eps_low}/{a.eps_high}"] if loss_spec.clips else [])
             + ([f"ratio per {a.ratio_level}"] if loss_spec.uses_ratio else []))
     return (f"delta: {a.delta} ({', '.join(delta)}); loss: {a.loss} ({', '.join(loss)}); "

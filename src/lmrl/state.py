@@ -1,4 +1,5 @@
-"""All training state in one object: policy, optimizer, schedule, reference snapshot, RNGs, step.
+"""All training state in one object: policy, optimizer, schedule, reference snapshot, learned
+baseline, RNGs, step.
 
 `state_dict()` / `load_state_dict()` round-trip everything needed to resume a run bit-for-bit
 (tests/test_trainer.py checks that a resumed run matches an uninterrupted one).
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmrl.baselines import BASELINES, Baseline
 from lmrl.config import Config
 from lmrl.optim import adamw, lr_lambda
 from lmrl.policies.toy import ToySortPolicy
@@ -35,6 +37,8 @@ class TrainState:
     # The rewards' running statistics by reward name (a reward model's, --reward-model-norm
     # running): the reward sources' own objects, so saving reads and resuming fills them.
     reward_stats: dict = field(default_factory=dict)
+    # B(S) of delta=value / running_mean (baselines.py), learned across steps; None otherwise.
+    baseline: Baseline | None = None
 
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
@@ -49,6 +53,7 @@ class TrainState:
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
             "reward_stats": {name: asdict(stats) for name, stats in self.reward_stats.items()},
+            "baseline": self.baseline.state_dict() if self.baseline else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -61,6 +66,8 @@ class TrainState:
         self.set_rng_state(state)
         for name in self.COUNTERS:
             setattr(self, name, state.get(name, getattr(self, name)))
+        if self.baseline is not None:
+            self.baseline.load_state_dict(state["baseline"])
         for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
             if name in self.reward_stats:
                 vars(self.reward_stats[name]).update(saved)
@@ -129,6 +136,7 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,
         generator=torch.Generator().manual_seed(seed),
         eval_generator=torch.Generator().manual_seed(seed + 1),
+        baseline=BASELINES[cfg.algo.delta].build(cfg) if cfg.algo.delta in BASELINES else None,
     )
 
 

@@ -2,7 +2,7 @@
 
     collect: prompts -> rollouts -> rewards -> deltas -> ref log-probs   (a Batch)
     update:  μ × (log-probs -> loss -> backward -> optimizer step)
-    then the snapshot refresh
+    then the learned baseline's update (delta=value / running_mean) and the snapshot refresh
 
 The step is written against the policy protocol (sample / logprobs with a response mask), so the
 toy model and a causal LM run through the same code. `collect` and `update` are the seam between
@@ -105,11 +105,24 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
         batch = collect(state, task, cfg, clock)  # times sample, reward, ref
         with clock("update"):
             metrics = update(state, cfg, batch, clock)  # times logprob, backward, optimizer
+            learned = update_baseline(state, batch)
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
-    return {**reward_metrics(gathered(batch), task), **metrics,
+    return {**reward_metrics(gathered(batch), task), **metrics, **learned,
             "train/ref_refreshed": float(refreshed), **clock.metrics()}
+
+
+def update_baseline(state: TrainState, batch: Batch) -> dict[str, float]:
+    """Fit the learned baseline (if any) to this step's rewards, after Δ was computed from it,
+    so Δ never compares R with a baseline that has seen R. Here and not in collect: the
+    pre-flight's collect must leave the run unchanged, and a step that fails before its update
+    must leave the baseline as it was (recovery.save_after_failure repeats that step).
+    Every rank learns from the whole batch, so their copies stay equal."""
+    if state.baseline is None:
+        return {}
+    prompts = distributed.gather(batch.prompts)  # (B, n)
+    return state.baseline.update(prompts, distributed.gather(batch.rewards))
 
 
 def gathered(batch: Batch) -> Batch:
@@ -152,7 +165,9 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
         rewards = rewards.to(torch.float32)
-        delta = compute_deltas(cfg.algo.delta, rewards, eps=cfg.algo.norm_eps)  # (B, G)
+        baseline = state.baseline.values(prompts)[:, None] if state.baseline else None  # (B, 1)
+        delta = compute_deltas(cfg.algo.delta, rewards, eps=cfg.algo.norm_eps,
+                               baseline=baseline)  # (B, G)
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
                   getattr(rollout, "truncated", None))
     with clock("ref"):
