@@ -137,6 +137,8 @@ STEPS_SCRIPT = textwrap.dedent("""
              "constant_mu2": ["--aggregation", "constant", "--mu", "2"]}
     if "--model" not in base:  # a learned baseline: every rank fits it on the whole batch
         cases["value"] = ["--aggregation", "token_mean", "--delta", "value"]
+        # Batch statistics over every rank's samples, as one process takes them over B prompts.
+        cases["reinforce_pp"] = ["--aggregation", "token_mean", "--delta", "reinforce_pp"]
     if "--model" in base and "--fsdp" not in base:  # LoRA, with a KL term to the base model
         cases["lora_kl"] = ["--lora-r", "4", "--lora-target-modules", "all-linear",
                             "--kl-weight", "0.1", "--aggregation", "token_mean"]
@@ -199,7 +201,7 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr
     cases = ["token_mean", "sequence_mean_kl", "constant_mu2"]
-    cases += {"toy": ["value"], "causal_lm": ["lora_kl"]}.get(model, [])
+    cases += {"toy": ["value", "reinforce_pp"], "causal_lm": ["lora_kl"]}.get(model, [])
     for name in cases:
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",
                                tmp_path / f"{name}-2.safetensors")

@@ -88,13 +88,15 @@ def reinforce_pp(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     and eps is added to the std as in `normalized`, so algo.norm_eps means the same in both.
     (OpenRLHF's implementation whitens over tokens and floors the variance at eps instead.)
     The paper's KL-in-reward term is not part of Δ here; lmrl's KL is the separate loss term.
-    Under data parallelism the mean and std would have to be pooled over every rank's samples;
-    this function sees only the batch it is given. A batch whose rewards are all equal gets 0.
+    This function sees only the batch it is given: under data parallelism step.deltas_of gives
+    it every rank's rewards. A batch whose rewards are all equal gets 0.
     Shapes: rewards (B, G) -> (B, G); G = 1 is fine.
     """
     if bool(rewards.amax() == rewards.amin()):  # as in centered: exact zeros, never ulp noise
         return torch.zeros_like(rewards)
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+
+
 def baseline_subtracted(rewards: Tensor, baseline: Tensor) -> Tensor:
     """Δ = R - B(S), B a baseline of the prompt alone (learned: baselines.py), so no group is
     needed. Shapes: rewards (B, G), baseline (B, 1) or (B, G) -> (B, G)."""
@@ -111,7 +113,7 @@ class DeltaSpec:
     needs_group: it subtracts a group baseline, so it needs G >= 2 (with one sample the
     baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps); batch_stats: its
     statistics span the whole batch, not one group (so unscored samples leave the batch's
-    statistics, and data parallelism would need them pooled across ranks);
+    statistics, and step.deltas_of pools them over data-parallel ranks);
     learned_baseline: it takes `baseline`, B(S) of a learned baseline (baselines.BASELINES).
     Calling the spec calls the delta.
     """

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
-from lmrl.deltas import compute_deltas
+from lmrl.deltas import DELTAS, compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
     KL_ESTIMATORS,
@@ -165,9 +165,7 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
         rewards = rewards.to(torch.float32)
-        baseline = state.baseline.values(prompts)[:, None] if state.baseline else None  # (B, 1)
-        delta = compute_deltas(cfg.algo.delta, rewards, eps=cfg.algo.norm_eps,
-                               baseline=baseline)  # (B, G)
+        delta = deltas_of(state, cfg, prompts, rewards)  # (B, G)
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
                   getattr(rollout, "truncated", None))
     with clock("ref"):
@@ -176,6 +174,18 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
                                                                  mb.response_mask)
                                         for mb in batch.split(tr.grad_accum)])
     return batch
+
+
+def deltas_of(state: TrainState, cfg: Config, prompts, rewards: Tensor) -> Tensor:
+    """Δ (B', G) of this rank's rewards (B', G). A batch-statistics delta (reinforce_pp) takes
+    them over every rank's samples, as one process would over the B prompts, then keeps this
+    rank's share; a learned baseline reads its values of these prompts."""
+    a = cfg.algo
+    if DELTAS[a.delta].batch_stats and distributed.world() > 1:
+        whole = compute_deltas(a.delta, distributed.gather(rewards), eps=a.norm_eps)
+        return whole[distributed.share(cfg.train.B)]
+    baseline = state.baseline.values(prompts)[:, None] if state.baseline else None  # (B', 1)
+    return compute_deltas(a.delta, rewards, eps=a.norm_eps, baseline=baseline)
 
 
 def update(state: TrainState, cfg: Config, batch: Batch,
