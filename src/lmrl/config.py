@@ -178,10 +178,12 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    delta: Annotated[str, valid("How rewards become Δ (mean, std: over the prompt's group; the "
-                                "registry: lmrl/deltas.py).", DELTAS)] = "normalized"
+    delta: Annotated[str, valid("How rewards become Δ (mean, std: over the prompt's group unless "
+                                "the formula says batch; V(S) and the running mean are learned "
+                                "baselines; the registry: lmrl/deltas.py).", DELTAS)] = \
+        "normalized"
     norm_eps: float = 1e-6
-    """eps in normalized deltas (R - mean) / (std + eps)."""
+    """eps in (R - mean) / (std + eps): delta normalized (group) and reinforce_pp (batch)."""
     value_lr: float = 1e-2
     """Learning rate of delta=value's value network V(S) (its own AdamW, one step on the MSE to
     the rewards per training step)."""
