@@ -142,6 +142,9 @@ STEPS_SCRIPT = textwrap.dedent("""
     if "--model" in base and "--fsdp" not in base:  # LoRA, with a KL term to the base model
         cases["lora_kl"] = ["--lora-r", "4", "--lora-target-modules", "all-linear",
                             "--kl-weight", "0.1", "--aggregation", "token_mean"]
+        # Each rank scores its own samples; the running statistics pool every rank's scores.
+        cases["reward_model"] = ["--reward-model", f"{out / 'rm'}=0.5", "--reward-model-norm",
+                                 "running", "--aggregation", "token_mean"]
     for name, flags in cases.items():
         cfg = parse_config(base + flags)
         state, task, metrics = build_state(cfg), build_task(cfg), []
@@ -176,12 +179,25 @@ LOGGING_REWARD = textwrap.dedent("""
 """)
 
 
+def save_reward_model(backbone: Path, out: Path) -> None:
+    """A one-label sequence classifier on the tiny LM (a random head: any fixed function)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def tiny_lm_flags(tmp_path: Path) -> list[str]:
     """sort_text on a 3k-parameter causal LM, with a reward that varies within groups and one
     that logs a metric (importable by the scripts, which run from tmp_path)."""
     main(["init-model", "--out", str(tmp_path / "tiny"), "--task", "sort_text",
           "--hidden-size", "16", "--layers", "1", "--heads", "2"])
     (tmp_path / "logging_reward.py").write_text(LOGGING_REWARD)
+    save_reward_model(tmp_path / "tiny", tmp_path / "rm")
     return ["--task", "sort_text", "--n", "3", "--model", str(tmp_path / "tiny"), "--B", "8",
             "--G", "8", "--no-progress", "--eval-limit", "4", "--heldout-size", "8", "--lr",
             "1e-2", "--reward", "inclusion_adjacency", "--reward-fns", "logging_reward:chars"]
@@ -201,13 +217,15 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr
     cases = ["token_mean", "sequence_mean_kl", "constant_mu2"]
-    cases += {"toy": ["value", "reinforce_pp"], "causal_lm": ["lora_kl"]}.get(model, [])
+    cases += {"toy": ["value", "reinforce_pp"],
+              "causal_lm": ["lora_kl", "reward_model"]}.get(model, [])
     for name in cases:
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",
                                tmp_path / f"{name}-2.safetensors")
         keys = assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),
                                    json.loads((tmp_path / f"{name}-2.json").read_text()))
         assert (model != "toy") == ("train/completion_chars" in keys)
+        assert (name == "reward_model") == ("train/reward_rm" in keys)
 
 
 def assert_same_metrics(one: list[dict], two: list[dict]) -> set[str]:
