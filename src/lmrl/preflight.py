@@ -169,7 +169,8 @@ def preflight(state: TrainState, task, cfg: Config, run_dir: Path,
               say: Callable[[str], None] = print) -> dict[str, float]:
     """Collect step 1's batch aside, report it, record it in preflight.json and warn."""
     probe = dataclasses.replace(state, generator=torch.Generator().manual_seed(cfg.train.seed),
-                                reference=None)  # log-probs of the reference are not needed
+                                reference=None,  # log-probs of the reference are not needed
+                                critic=None)  # nor the critic's values: rewards are reported
     with rng_untouched(), reward_stats_untouched(task):
         batch = collect(probe, task, cfg)
     metrics = {"samples": cfg.train.B * cfg.train.G, **reward_metrics(gathered(batch), task)}

@@ -35,6 +35,9 @@ class TrainState:
     # The rewards' running statistics by reward name (a reward model's, --reward-model-norm
     # running): the reward sources' own objects, so saving reads and resuming fills them.
     reward_stats: dict = field(default_factory=dict)
+    # PPO's learned value model (critic.py) and its own AdamW; None without a critic.
+    critic: nn.Module | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
 
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
@@ -49,6 +52,8 @@ class TrainState:
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
             "reward_stats": {name: asdict(stats) for name, stats in self.reward_stats.items()},
+            **({"critic": self.critic.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict()} if self.critic else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -61,6 +66,9 @@ class TrainState:
         self.set_rng_state(state)
         for name in self.COUNTERS:
             setattr(self, name, state.get(name, getattr(self, name)))
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
             if name in self.reward_stats:
                 vars(self.reward_stats[name]).update(saved)
@@ -125,16 +133,31 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tr.steps, tr.warmup_steps, tr.schedule, tr.min_lr_frac))
+    critic, critic_optimizer = build_critic_and_optimizer(cfg, policy)
     return TrainState(
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,
         generator=torch.Generator().manual_seed(seed),
         eval_generator=torch.Generator().manual_seed(seed + 1),
+        critic=critic, critic_optimizer=critic_optimizer,
     )
+
+
+def build_critic_and_optimizer(cfg: Config, policy: nn.Module
+                               ) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
+    """PPO's critic (critic.py) and its AdamW at a constant critic_lr (default: the policy's
+    peak lr); (None, None) with critic=none."""
+    if cfg.algo.critic == "none":
+        return None, None
+    from lmrl.critic import build_critic
+
+    critic = build_critic(cfg, policy)
+    lr = cfg.algo.critic_lr or cfg.lr
+    return critic, adamw(critic.parameters(), lr, cfg.train.weight_decay)
 
 
 def build_reference(cfg: Config, policy: nn.Module) -> ReferencePolicy | AdapterOffReference | None:
     """π_ref for the KL term (None without one): the base model of a LoRA policy, else a copy."""
-    if cfg.algo.kl_weight == 0:
+    if not cfg.algo.uses_reference:
         return None
     if getattr(policy, "lora", False):
         return AdapterOffReference(policy)

@@ -12,6 +12,7 @@ tensors (B, G); B' prompts in a micro-batch.
 """
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
+from lmrl.critic import critic_pass, fill_advantages
 from lmrl.deltas import compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 
 # The fields the μ updates read, each with the prompt axis first; split and groups_with_gradient
 # cut these and leave the scores (metrics only) with the whole batch.
-UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref")
+UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref", "values_old",
+                 "returns")
 
 
 @dataclass
@@ -50,11 +53,14 @@ class Batch:
     prompts: "Tensor | PromptBatch | list[str]"  # (B, n) for the toy model; B prompts for an LM
     responses: Tensor  # (B, G, T)
     response_mask: Tensor  # (B, G, T)
-    delta: Tensor  # (B, G)
+    delta: Tensor  # (B, G); with a critic (B, G, T), per-token advantages
     logp_ref: Tensor | None  # (B, G, T), only with a KL term
     rewards: Tensor | None = None  # (B, G) float32, what Δ was computed from
     table: dict[str, Tensor] = field(default_factory=dict)  # every reward function's (B, G)
     truncated: Tensor | None = None  # (B, G), a causal LM's responses that hit the token budget
+    values_old: Tensor | None = None  # (B, G, T), the critic's V(s_t) at collection
+    returns: Tensor | None = None  # (B, G, T), GAE's returns: the critic's targets
+    stats: dict[str, float] = field(default_factory=dict)  # the critic's collect-time metrics
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
@@ -71,9 +77,11 @@ class Batch:
         pass and backward and computes the same gradient for less work (such flat groups are
         common with 0/1 rewards). The loss keeps the whole batch's denominator. The whole batch
         stays when every group has some Δ, and when none has: the optimizer then still steps on
-        zero gradients (AdamW's momentum moves the weights), as without the skip."""
-        keep = (self.delta != 0).any(dim=-1)  # (B,)
-        if self.logp_ref is not None or bool(keep.all()) or not bool(keep.any()):
+        zero gradients (AdamW's momentum moves the weights), as without the skip. With a critic
+        (returns set) every group stays: the value loss learns from each of them."""
+        keep = (self.delta != 0).flatten(1).any(dim=-1)  # (B,), per-response or per-token Δ
+        if (self.logp_ref is not None or self.returns is not None or bool(keep.all())
+                or not bool(keep.any())):
             return self
         rows = keep.nonzero().squeeze(-1)
         return Batch(**{n: _select(getattr(self, n), rows) for n in UPDATE_FIELDS})
@@ -108,7 +116,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
-    return {**reward_metrics(gathered(batch), task), **metrics,
+    return {**reward_metrics(gathered(batch), task), **batch.stats, **metrics,
             "train/ref_refreshed": float(refreshed), **clock.metrics()}
 
 
@@ -160,6 +168,10 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
             batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
                                                                  mb.response_mask)
                                         for mb in batch.split(tr.grad_accum)])
+    if state.critic is not None:
+        with clock("critic"):  # Δ becomes the critic's per-token advantages
+            batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum,
+                                          getattr(rollout, "logp", None))
     return batch
 
 
@@ -180,19 +192,31 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     idle = idle_passes(len(micro)) if cfg.train.fsdp else 0
     logp_old: list[Tensor] | None = None
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
+    frozen = state.step < a.critic_warmup  # PPO's warm-up: only the critic learns
+    diag, critic = {}, {}
     for _ in range(a.mu):
-        logp_old, diag, stage = update_pass(state, cfg, micro, logp_old, denominator, clock, idle)
-        if stage is not None:
-            skipped[stage] += 1
+        if not frozen:
+            logp_old, diag, stage = update_pass(state, cfg, micro, logp_old, denominator, clock,
+                                                idle)
+            if stage is not None:
+                skipped[stage] += 1
+        if state.critic is not None:
+            with clock("critic_update"):
+                critic = critic_pass(state.critic, state.critic_optimizer, cfg, micro,
+                                     denominator)
     count = int(skipped["loss"] + skipped["gradient"])
     state.skipped_updates += count
     state.skipped_in_a_row = state.skipped_in_a_row + count if count else 0
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
-    state.scheduler.step()
+    with warnings.catch_warnings():  # in the critic's warm-up the schedule moves on unstepped
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+        state.scheduler.step()
     state.step += 1
     groups = distributed.all_reduce([len(kept.delta), len(batch.delta)])
     return {
         **diag,
+        **critic,
+        **({"critic/policy_frozen": float(frozen)} if state.critic is not None else {}),
         "train/skipped_nonfinite_loss": skipped["loss"],  # passes of this step
         "train/skipped_nonfinite_grad": skipped["gradient"],
         "train/lr": lr,

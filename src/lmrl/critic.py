@@ -1,0 +1,189 @@
+"""PPO's learned value model (critic) for a causal LM: building it, V(s_t), Δ and its update.
+
+The critic is a transformers backbone (AutoModel, no LM head) plus a linear value head. For
+response token t, V(s_t) is the value of the state *before* token t is emitted: the prompt plus
+the response's first t tokens. That state's last position is the column whose logits give
+token t's log-prob in HFPolicy (column L-1+t of prompt + response, L the left-padded prompt's
+width), so values line up with log-probs token for token (tests/test_ppo.py checks it), and
+advantages.py's convention values[..., t] = V(s_t) holds.
+
+The math (token rewards, GAE, whitening, value loss) is advantages.py's; this module only runs
+the model and applies it to a step.Batch:
+
+    collect: fill_advantages  values_old (no grad), token rewards, GAE -> Δ (B, G, T), returns
+    update:  critic_pass      each μ pass: value loss over the micro-batches, one AdamW step
+
+Shapes: B prompts, G samples each, N = B*G rows, L prompt columns, T response tokens, H hidden.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from lmrl import files
+from lmrl.advantages import gae, kl_penalized_rewards, outcome_token_rewards, value_loss, whiten
+from lmrl.advantages import value_clip_frac
+from lmrl.losses import aggregate, kl_k1, masked_mean
+
+if TYPE_CHECKING:
+    from lmrl.config import Config
+    from lmrl.policies.hf import HFPolicy, PromptBatch
+    from lmrl.step import Batch
+
+# The critics lmrl builds (config.AlgoConfig.critic); "none" keeps --delta's Δ.
+CRITICS = ("none", "separate")
+HEAD_FILE = "value_head.safetensors"
+
+
+class Critic(nn.Module):
+    """V(s_t) for every response token: a backbone's hidden states through Linear(H, 1)."""
+
+    def __init__(self, backbone: nn.Module, autocast: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone.eval()  # no dropout: values_old and the update see one model
+        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        self.autocast = autocast
+
+    def train(self, mode: bool = True) -> "Critic":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def values(self, prompts: "PromptBatch", responses: Tensor, response_mask: Tensor) -> Tensor:
+        """V(s_t) at each response token, 0 on padding.
+
+        Shapes: prompts B left-padded (B, L), responses and response_mask (B, G, T) -> (B, G, T).
+        """
+        from lmrl.policies.hf import position_ids
+
+        B, G, T = responses.shape
+        ids, prompt_mask = prompts.input_ids.to(self.device), prompts.attention_mask.to(self.device)
+        mask = response_mask.reshape(B * G, T).to(self.device)
+        input_ids = torch.cat([ids.repeat_interleave(G, dim=0),
+                               responses.reshape(B * G, T).to(self.device)], dim=1)
+        attention = torch.cat([prompt_mask.repeat_interleave(G, dim=0), mask.long()], dim=1)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                            enabled=self.autocast is not None):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention,
+                                   position_ids=position_ids(attention)).last_hidden_state
+        L = ids.shape[1]
+        # Column L-1+t ends the state s_t (prompt + first t tokens): the one predicting token t.
+        state = hidden[:, L - 1:L - 1 + T].float()  # (N, T, H)
+        v = self.head(state).squeeze(-1)  # (N, T)
+        return (v * mask).reshape(B, G, T)
+
+    def save_to(self, run_dir: Path) -> None:
+        """run_dir/critic/: the backbone (save_pretrained) and the value head (safetensors)."""
+        from safetensors.torch import save_file
+
+        with files.atomic_dir(Path(run_dir) / "critic") as tmp:
+            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                      tmp / HEAD_FILE)
+
+
+def build_critic(cfg: "Config", policy: "HFPolicy") -> Critic:
+    """The backbone of algo.critic_model (default: the policy's model) on the policy's device,
+    with a value head initialised from the run's seed (without moving the global RNG)."""
+    from transformers import AutoModel
+
+    from lmrl.config import ConfigError
+    from lmrl.policies.loading import load_errors, model_source
+
+    path = cfg.algo.critic_model or cfg.policy.model
+    with load_errors(path, "its config or weights (config.json, model.safetensors)"):
+        backbone = AutoModel.from_pretrained(
+            path, dtype=torch.bfloat16 if cfg.policy.dtype == "bfloat16" else torch.float32,
+            local_files_only=model_source(path), trust_remote_code=cfg.policy.trust_remote_code)
+    vocab = policy.model.get_input_embeddings().num_embeddings
+    if backbone.get_input_embeddings().num_embeddings != vocab:
+        raise ConfigError(f"algo.critic_model={path} has a vocabulary of "
+                          f"{backbone.get_input_embeddings().num_embeddings} tokens and the "
+                          f"policy {vocab}: the critic reads the policy's token ids, so it must "
+                          "share its tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        critic = Critic(backbone, autocast=policy.autocast)
+    return critic.to(policy.device)
+
+
+@torch.no_grad()
+def fill_advantages(critic: Critic, cfg: "Config", batch: "Batch", k: int,
+                    logp: Tensor | None) -> dict[str, float]:
+    """Set batch.values_old, batch.returns and batch.delta (per-token GAE advantages, whitened
+    if asked) from the critic's values, computed in k micro-batches; return their statistics.
+
+    The outcome reward is paid on each response's last real token; with kl_in_reward β, each
+    token also pays -β·k1 = -β·(log π - log π_ref), log π being the sampling policy's (logp).
+    Shapes: logp (B, G, T) or None; the batch's per-token fields (B, G, T).
+    """
+    a, mask = cfg.algo, batch.response_mask.to(critic.device)
+    values = torch.cat([critic.values(mb.prompts, mb.responses, mb.response_mask)
+                        for mb in batch.split(k)])  # (B, G, T)
+    rewards = outcome_token_rewards(batch.rewards.to(critic.device), mask)
+    if a.kl_in_reward:
+        kl = kl_k1(logp.to(critic.device), batch.logp_ref.to(critic.device))
+        rewards = kl_penalized_rewards(rewards, kl, a.kl_in_reward, mask)
+    advantages, returns = gae(rewards, values, mask, a.gamma, a.lam)
+    batch.values_old, batch.returns = values, returns
+    batch.delta = whiten(advantages, mask) if a.whiten_advantages else advantages
+    return {"train/advantage_mean": masked_mean(advantages, mask).item(),
+            "train/advantage_std": masked_std(advantages, mask),
+            "critic/explained_variance": explained_variance(values, returns, mask)}
+
+
+def masked_std(x: Tensor, mask: Tensor) -> float:
+    """The population standard deviation over the masked entries. Shapes: x, mask (...)."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask).sqrt().item()
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over response tokens: 1 for a perfect critic, 0 for one no better
+    than a constant, negative for worse (CleanRL's explained_var); nan when the returns are
+    constant. Shapes: values, returns, mask (...)."""
+    var = masked_std(returns, mask) ** 2
+    return float("nan") if var == 0 else 1.0 - masked_std(returns - values, mask) ** 2 / var
+
+
+def critic_pass(critic: Critic, optimizer: torch.optim.Optimizer, cfg: "Config",
+                micro: list["Batch"], denominator: float) -> dict[str, float]:
+    """One optimizer step of the critic over all micro-batches (gradient accumulation).
+
+    The value loss is aggregated like the policy loss (same aggregation, the whole batch's
+    denominator), so its scale follows --aggregation just as the policy's does, and the critic's
+    gradient clip is train.grad_clip. A non-finite value loss or gradient skips the step.
+    """
+    a = cfg.algo
+    clip = a.cliprange_value or None
+    optimizer.zero_grad(set_to_none=True)
+    total, parts = 0.0, []
+    for mb in micro:
+        mask = mb.response_mask.to(critic.device)
+        v = critic.values(mb.prompts, mb.responses, mb.response_mask)  # (B', G, T)
+        loss = aggregate(value_loss(v, mb.values_old, mb.returns, mask, clip), mask,
+                         a.aggregation, denominator)
+        loss.backward()
+        total += loss.item()
+        weight = mask.sum().item()
+        with torch.no_grad():
+            frac = value_clip_frac(v, mb.values_old, mb.returns, mask, clip) if clip else 0.0
+            parts.append((weight, masked_mean(v, mask).item(), masked_mean(mb.returns, mask).item(),
+                          frac))
+    params = [p for p in critic.parameters() if p.grad is not None]
+    max_norm = cfg.train.grad_clip
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm > 0
+                 else torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if torch.isfinite(torch.tensor([total, norm])).all():
+        optimizer.step()
+    weight = sum(w for w, *_ in parts) or 1.0
+    mean = [sum(w * p[i] for w, *p in parts) / weight for i in range(3)]
+    return {"critic/value_loss": total, "critic/values_mean": mean[0],
+            "critic/returns_mean": mean[1], "critic/clip_frac": mean[2],
+            "critic/grad_norm": norm}
