@@ -209,7 +209,7 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     state.skipped_in_a_row = state.skipped_in_a_row + count if count else 0
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
     with warnings.catch_warnings():  # in the critic's warm-up the schedule moves on unstepped
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
         state.scheduler.step()
     state.step += 1
     groups = distributed.all_reduce([len(kept.delta), len(batch.delta)])
