@@ -187,8 +187,6 @@ def test_g1_is_accepted_with_a_critic_and_refused_with_a_group_delta(models):
     (["--model", "M", "--task", "sort_text", "--kl-in-reward", "0.1"], "critic=none"),
     (["--critic", "separate", "--model", "M", "--task", "sort_text", "--lam", "1.5"],
      "must be in [0, 1]"),
-    (["--critic", "separate", "--model", "M", "--task", "sort_text", "--vf-coef", "0.5"],
-     "drop --vf-coef"),
     (["--critic", "separate", "--model", "M", "--task", "sort_text", "--lora-r", "4"],
      "LoRA or --fsdp"),
 ])

@@ -216,8 +216,6 @@ class AlgoConfig:
     cliprange_value: float | None = 0.2
     """PPO2's value clipping: V may move at most this far from V_old per batch (0 or None: no
     clipping; TRL's PPOConfig.cliprange_value)."""
-    vf_coef: float = 0.1
-    """Weight of the value loss in a shared loss (critic=head; not yet available)."""
     critic_lr: float | None = None
     """The critic's AdamW learning rate, constant (default: the policy's peak lr)."""
     critic_warmup: int = 0
@@ -435,8 +433,8 @@ def _reject_ignored(cfg: Config) -> None:
                                   f"drop it or change the setting that disables it")
 
 
-CRITIC_FIELDS = ("critic_model", "gamma", "lam", "cliprange_value", "vf_coef", "critic_lr",
-                 "critic_warmup", "whiten_advantages", "kl_in_reward")
+CRITIC_FIELDS = ("critic_model", "gamma", "lam", "cliprange_value", "critic_lr", "critic_warmup",
+                 "whiten_advantages", "kl_in_reward")
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.name != "task")
 
 
@@ -555,10 +553,6 @@ def _check_critic(cfg: Config) -> None:
                           "be >= 0")
     if a.critic_lr is not None and not 0 < a.critic_lr <= 1:
         raise ConfigError(f"algo.critic_lr={a.critic_lr} must be in (0, 1]")
-    if a.vf_coef != AlgoConfig.vf_coef:
-        raise ConfigError("algo.vf_coef weighs the value loss in a loss shared with the policy "
-                          "(critic=head, not available yet); the separate critic has its own "
-                          "optimizer: drop --vf-coef")
 
 
 def _check_lora(cfg: Config) -> None:
