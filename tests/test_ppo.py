@@ -13,6 +13,8 @@ import torch  # noqa: E402
 from lmrl.advantages import gae, outcome_token_rewards, whiten  # noqa: E402
 from lmrl.cli import main  # noqa: E402
 from lmrl.config import Config, ConfigError  # noqa: E402
+from lmrl.critic import fill_advantages  # noqa: E402
+from lmrl.losses import masked_mean  # noqa: E402
 from lmrl.state import build_policy, build_state  # noqa: E402
 from lmrl.step import collect, grpo_step, update  # noqa: E402
 from lmrl.trainer import build_task  # noqa: E402
@@ -101,6 +103,33 @@ def test_whitened_delta_is_the_whitened_gae(models):
                         cfg.algo.gamma, cfg.algo.lam)
     torch.testing.assert_close(batch.delta, whiten(advantages, mask))
     assert batch.groups_with_gradient() is batch  # the critic learns from every group
+
+
+def test_an_unscored_sample_gets_no_delta_and_keeps_its_value(models):
+    cfg = ppo_cfg(models / "sft")
+    state, task = ppo_state(cfg)
+    batch = collect(state, task, cfg)
+    batch.rewards[0, 1] = float("nan")  # no reward function scored it (TRL's None)
+    fill_advantages(state.critic, cfg, batch, 1, None)
+    assert bool((batch.delta[0, 1] == 0).all()) and bool(batch.delta.isfinite().all())
+    torch.testing.assert_close(batch.returns[0, 1], batch.values_old[0, 1])
+    scored = batch.response_mask.clone()
+    scored[0, 1] = 0
+    assert abs(masked_mean(batch.delta, scored).item()) < 1e-5  # whitened over the scored
+
+
+def test_kl_in_reward_charges_every_token(models):
+    """γ = λ = 1 and log π - log π_ref = 1 on every token: A_t = R - β·(tokens from t on) - V_t."""
+    cfg = ppo_cfg(models / "sft", kl_in_reward=0.1, whiten_advantages=False, lam=1.0)
+    state, task = ppo_state(cfg)
+    batch = collect(state, task, cfg)
+    mask = batch.response_mask
+    batch.logp_ref = torch.zeros_like(mask)
+    fill_advantages(state.critic, cfg, batch, 1, mask.clone())  # log π = 1 on real tokens
+    n = mask.sum(-1, keepdim=True)  # (B, G, 1)
+    to_go = n - torch.arange(mask.shape[-1])  # tokens from t to the end
+    expected = (batch.rewards.unsqueeze(-1) - 0.1 * to_go - batch.values_old) * mask
+    torch.testing.assert_close(batch.delta, expected)
 
 
 def test_critic_warmup_freezes_the_policy_and_trains_the_critic(models):

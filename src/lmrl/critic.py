@@ -121,17 +121,21 @@ def fill_advantages(critic: Critic, cfg: "Config", batch: "Batch", k: int,
 
     The outcome reward is paid on each response's last real token; with kl_in_reward β, each
     token also pays -β·k1 = -β·(log π - log π_ref), log π being the sampling policy's (logp).
+    A sample no reward function scored (nan, TRL's None) gets Δ = 0, as deltas.py gives it, is
+    left out of the whitening statistics, and its returns are V_old (the critic keeps its value).
     Shapes: logp (B, G, T) or None; the batch's per-token fields (B, G, T).
     """
-    a, mask = cfg.algo, batch.response_mask.to(critic.device)
+    a, dev = cfg.algo, critic.device
     values = torch.cat([critic.values(mb.prompts, mb.responses, mb.response_mask)
                         for mb in batch.split(k)])  # (B, G, T)
-    rewards = outcome_token_rewards(batch.rewards.to(critic.device), mask)
+    reward = batch.rewards.to(dev)  # (B, G)
+    mask = batch.response_mask.to(dev) * ~reward.isnan().unsqueeze(-1)  # scored tokens
+    rewards = outcome_token_rewards(reward.nan_to_num(0.0), mask)
     if a.kl_in_reward:
-        kl = kl_k1(logp.to(critic.device), batch.logp_ref.to(critic.device))
+        kl = kl_k1(logp.to(dev), batch.logp_ref.to(dev))
         rewards = kl_penalized_rewards(rewards, kl, a.kl_in_reward, mask)
     advantages, returns = gae(rewards, values, mask, a.gamma, a.lam)
-    batch.values_old, batch.returns = values, returns
+    batch.values_old, batch.returns = values, torch.where(mask.bool(), returns, values)
     batch.delta = whiten(advantages, mask) if a.whiten_advantages else advantages
     return {"train/advantage_mean": masked_mean(advantages, mask).item(),
             "train/advantage_std": masked_std(advantages, mask),
