@@ -16,6 +16,7 @@ the model and applies it to a step.Batch:
 Shapes: B prompts, G samples each, N = B*G rows, L prompt columns, T response tokens, H hidden.
 """
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from lmrl import files
-from lmrl.advantages import gae, kl_penalized_rewards, outcome_token_rewards, value_loss, whiten
-from lmrl.advantages import value_clip_frac
+from lmrl.advantages import (
+    gae,
+    kl_penalized_rewards,
+    outcome_token_rewards,
+    value_clip_frac,
+    value_loss,
+    whiten,
+)
 from lmrl.losses import aggregate, kl_k1, masked_mean
 
 if TYPE_CHECKING:
@@ -162,32 +169,38 @@ def critic_pass(critic: Critic, optimizer: torch.optim.Optimizer, cfg: "Config",
 
     The value loss is aggregated like the policy loss (same aggregation, the whole batch's
     denominator), so its scale follows --aggregation just as the policy's does, and the critic's
-    gradient clip is train.grad_clip. A non-finite value loss or gradient skips the step.
+    gradient clip is train.grad_clip. A non-finite value loss or gradient skips the step
+    (critic/skipped).
     """
-    a = cfg.algo
-    clip = a.cliprange_value or None
+    clip = cfg.algo.cliprange_value or None
     optimizer.zero_grad(set_to_none=True)
-    total, parts = 0.0, []
+    total, parts = 0.0, []  # parts: (tokens, diagnostics) per micro-batch
     for mb in micro:
         mask = mb.response_mask.to(critic.device)
         v = critic.values(mb.prompts, mb.responses, mb.response_mask)  # (B', G, T)
         loss = aggregate(value_loss(v, mb.values_old, mb.returns, mask, clip), mask,
-                         a.aggregation, denominator)
+                         cfg.algo.aggregation, denominator)
         loss.backward()
-        total += loss.item()
-        weight = mask.sum().item()
-        with torch.no_grad():
-            frac = value_clip_frac(v, mb.values_old, mb.returns, mask, clip) if clip else 0.0
-            parts.append((weight, masked_mean(v, mask).item(), masked_mean(mb.returns, mask).item(),
-                          frac))
+        total += loss.item()  # each share is already divided by the whole batch's count
+        parts.append((mask.sum().item(), value_diagnostics(v.detach(), mb, mask, clip)))
     params = [p for p in critic.parameters() if p.grad is not None]
     max_norm = cfg.train.grad_clip
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm > 0
                  else torch.nn.utils.get_total_norm([p.grad for p in params]))
-    if torch.isfinite(torch.tensor([total, norm])).all():
+    finite = math.isfinite(total) and math.isfinite(norm)
+    if finite:
         optimizer.step()
-    weight = sum(w for w, *_ in parts) or 1.0
-    mean = [sum(w * p[i] for w, *p in parts) / weight for i in range(3)]
-    return {"critic/value_loss": total, "critic/values_mean": mean[0],
-            "critic/returns_mean": mean[1], "critic/clip_frac": mean[2],
-            "critic/grad_norm": norm}
+    weight = sum(w for w, _ in parts) or 1.0
+    means = {k: sum(w * d[k] for w, d in parts) / weight for k in parts[0][1]}
+    return {"critic/value_loss": total, **means, "critic/grad_norm": norm,
+            "critic/skipped": float(not finite)}
+
+
+@torch.no_grad()
+def value_diagnostics(v: Tensor, mb: "Batch", mask: Tensor, clip: float | None
+                      ) -> dict[str, float]:
+    """A micro-batch's mean value, mean return and value clip fraction (0 without clipping).
+    Shapes: v, mask and mb's per-token fields (B', G, T)."""
+    frac = value_clip_frac(v, mb.values_old, mb.returns, mask, clip) if clip else 0.0
+    return {"critic/values_mean": masked_mean(v, mask).item(),
+            "critic/returns_mean": masked_mean(mb.returns, mask).item(), "critic/clip_frac": frac}
