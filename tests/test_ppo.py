@@ -1,6 +1,7 @@
-"""PPO with a learned critic on a causal LM (--critic separate): V(s_t) lines up with the
+"""PPO with a learned critic on a causal LM (--critic separate / head): V(s_t) lines up with the
 policy's log-probs, collect's Δ is GAE on the stored values, the critic's warm-up freezes the
-policy, a short run trains the critic, resume is exact, and bad settings are one error each."""
+policy, the head trains with the policy, a short run trains the critic, resume is exact, and bad
+settings are one error each."""
 
 import json
 
@@ -49,13 +50,16 @@ def ppo_state(cfg: Config):
     return build_state(cfg, build_policy(cfg, task.max_new_tokens)), task
 
 
-def test_values_line_up_with_the_state_before_each_response_token(models):
+@pytest.mark.parametrize("kind", ["separate", "head"])
+def test_values_line_up_with_the_state_before_each_response_token(models, kind):
     """V(s_t) is the head on the hidden state at the column that predicts token t: checked row by
     row on unpadded prompt + response, and 0 on padding."""
-    state, task = ppo_state(ppo_cfg(models / "sft"))
-    batch = collect(state, task, state_cfg := ppo_cfg(models / "sft"))
-    assert state_cfg.algo.critic == "separate"
+    cfg = ppo_cfg(models / "sft", critic=kind)
+    state, task = ppo_state(cfg)
+    batch = collect(state, task, cfg)
     critic, prompts = state.critic, batch.prompts
+    # head: the policy's own backbone; separate: a copy of its own
+    assert (critic.backbone is state.policy.model.base_model) == (kind == "head")
     with torch.no_grad():
         values = critic.values(prompts, batch.responses, batch.response_mask)  # (B, G, T)
         B, G, T = batch.responses.shape
@@ -73,8 +77,9 @@ def test_values_line_up_with_the_state_before_each_response_token(models):
                 assert bool((values[b, g, n:] == 0).all())
 
 
-def test_collect_sets_delta_to_gae_on_the_stored_values(models):
-    cfg = ppo_cfg(models / "sft", whiten_advantages=False, lam=0.0)
+@pytest.mark.parametrize("kind", ["separate", "head"])
+def test_collect_sets_delta_to_gae_on_the_stored_values(models, kind):
+    cfg = ppo_cfg(models / "sft", critic=kind, whiten_advantages=False, lam=0.0)
     state, task = ppo_state(cfg)
     batch = collect(state, task, cfg)
     mask, v = batch.response_mask, batch.values_old
@@ -146,6 +151,22 @@ def test_critic_warmup_freezes_the_policy_and_trains_the_critic(models):
     assert not all(torch.equal(v, policy0[k]) for k, v in state.policy.state_dict().items())
 
 
+def test_the_head_trains_with_the_policy_in_one_loss(models):
+    """critic=head: the head is in the policy's optimizer (no optimizer of its own), one step
+    moves it and the policy, and its checkpoint holds the head alone."""
+    cfg = ppo_cfg(models / "sft", critic="head")
+    state, task = ppo_state(cfg)
+    assert state.critic_optimizer is None
+    assert state.optimizer.param_groups[1]["params"] == list(state.critic.head.parameters())
+    head0 = {k: v.clone() for k, v in state.critic.head.state_dict().items()}
+    policy0 = {k: v.clone() for k, v in state.policy.state_dict().items()}
+    metrics = grpo_step(state, task, cfg)
+    assert metrics["critic/value_loss"] > 0 and "critic/values_mean" in metrics
+    assert not any(torch.equal(v, head0[k]) for k, v in state.critic.head.state_dict().items())
+    assert not all(torch.equal(v, policy0[k]) for k, v in state.policy.state_dict().items())
+    assert set(state.state_dict()["critic"]) == {"weight", "bias"}
+
+
 def test_the_critics_value_loss_falls_on_a_fixed_batch(models):
     """μ critic passes on one batch fit its returns: the value loss falls pass by pass."""
     cfg = ppo_cfg(models / "sft", critic_lr=1e-2, critic_warmup=100, cliprange_value=None)
@@ -175,10 +196,12 @@ def test_a_short_ppo_run_trains_the_critic_and_saves_it_beside_the_policy(models
         .endswith("ForCausalLM")
 
 
-def test_resume_continues_a_ppo_run_exactly(models, tmp_path):
+@pytest.mark.parametrize("kind", ["separate", "head"])
+def test_resume_continues_a_ppo_run_exactly(models, tmp_path, kind):
     """3 steps + resume to 5 == 5 straight: the critic and its optimizer are restored."""
+    warmup = ["--critic-warmup", "1"] if kind == "separate" else []
     common = ["--model", str(models / "sft"), "--B", "4", "--G", "4", "--eval-every", "5",
-              "--schedule", "constant", "--critic", "separate", "--critic-warmup", "1",
+              "--schedule", "constant", "--critic", kind, *warmup,
               "--grad-accum", "2", "--log-samples", "0", "--no-progress", "--threads", "1",
               "--mu", "2", *TASK]
     split, straight = tmp_path / "split", tmp_path / "straight"
@@ -195,8 +218,9 @@ def test_resume_continues_a_ppo_run_exactly(models, tmp_path):
                 assert a[key] == pytest.approx(b[key], abs=1e-6, nan_ok=True), key
     from safetensors.torch import load_file
 
-    for name in ("critic/model.safetensors", "critic/value_head.safetensors",
-                 "model/model.safetensors"):
+    saved = ["critic/model.safetensors"] if kind == "separate" else []
+    assert (split / "critic" / "model.safetensors").is_file() == (kind == "separate")
+    for name in (*saved, "critic/value_head.safetensors", "model/model.safetensors"):
         a, b = load_file(split / name), load_file(straight / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
@@ -209,7 +233,12 @@ def test_g1_is_accepted_with_a_critic_and_refused_with_a_group_delta(models):
 
 @pytest.mark.parametrize("flags, message", [
     (["--critic", "separate"], "toy model"),
-    (["--critic", "head", "--model", "M", "--task", "sort_text"], "not available yet"),
+    (["--critic", "head", "--model", "M", "--task", "sort_text", "--critic-warmup", "2"],
+     "use --critic separate for a warm-up"),
+    (["--critic", "head", "--model", "M", "--task", "sort_text", "--critic-lr", "1e-3"],
+     "trained by its optimizer"),
+    (["--critic", "separate", "--model", "M", "--task", "sort_text", "--vf-coef", "0.5"],
+     "has its own optimizer"),
     (["--critic", "separate", "--model", "M", "--task", "sort_text", "--delta", "raw"],
      "Δ are the critic's GAE advantages"),
     (["--model", "M", "--task", "sort_text", "--gamma", "0.9"], "critic=none"),
@@ -223,5 +252,6 @@ def test_bad_critic_settings_are_one_error_each(flags, message, capsys, tmp_path
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--run-dir", str(tmp_path / "r"), *flags])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("lmrl: error: ") and message in err, err
+    flat = " ".join(err.split())  # the message is wrapped to the terminal's width
+    assert exit_.value.code == 2 and err.startswith("lmrl: error: ") and message in flat, err
     assert "Traceback" not in err and not (tmp_path / "r").exists()

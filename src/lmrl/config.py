@@ -205,7 +205,8 @@ class AlgoConfig:
     critic: Annotated[str, valid("PPO's learned value model (critic.py): none (Δ from --delta), "
                                  "or separate (a transformers backbone plus a linear value head, "
                                  "its own AdamW): Δ is then per-token GAE advantages. Causal LMs "
-                                 "only.", CRITICS)] = "none"
+                                 "only. head: a linear value head on the policy's own backbone, "
+                                 "trained with the policy by L + vf_coef·L_V.", CRITICS)] = "none"
     critic_model: str | None = None
     """The critic's backbone (AutoModel.from_pretrained): a directory or hub name sharing the
     policy's tokenizer (default: the policy's model)."""
@@ -216,10 +217,14 @@ class AlgoConfig:
     cliprange_value: float | None = 0.2
     """PPO2's value clipping: V may move at most this far from V_old per batch (0 or None: no
     clipping; TRL's PPOConfig.cliprange_value)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss added to the policy's with critic=head (TRL's
+    PPOConfig.vf_coef)."""
     critic_lr: float | None = None
-    """The critic's AdamW learning rate, constant (default: the policy's peak lr)."""
+    """The separate critic's AdamW learning rate, constant (default: the policy's peak lr)."""
     critic_warmup: int = 0
-    """Steps at the start during which only the critic trains and the policy stays frozen."""
+    """Steps at the start during which only the separate critic trains and the policy stays
+    frozen."""
     whiten_advantages: bool = True
     """Whiten the GAE advantages over the batch's response tokens (mean 0, std 1) before they
     become Δ."""
@@ -400,6 +405,11 @@ def _reject_ignored(cfg: Config) -> None:
         (not delta_spec.reads_eps or a.critic != "none", "algo", ("norm_eps",),
          f"only delta={reading_eps} divides by std, and with a critic Δ are GAE advantages"),
         (a.critic == "none", "algo", CRITIC_FIELDS, "critic=none: there is no value model"),
+        (a.critic == "separate", "algo", ("vf_coef",),
+         "the separate critic has its own optimizer (critic_lr); vf_coef weighs critic=head's "
+         "value loss"),
+        (a.critic == "head", "algo", ("critic_model", "critic_lr"),
+         "critic=head is a value head on the policy's own backbone, trained by its optimizer"),
         (a.critic != "none", "algo", ("delta",),
          f"with critic={a.critic} Δ are the critic's GAE advantages, not a function of rewards"),
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
@@ -433,8 +443,8 @@ def _reject_ignored(cfg: Config) -> None:
                                   f"drop it or change the setting that disables it")
 
 
-CRITIC_FIELDS = ("critic_model", "gamma", "lam", "cliprange_value", "critic_lr", "critic_warmup",
-                 "whiten_advantages", "kl_in_reward")
+CRITIC_FIELDS = ("critic_model", "gamma", "lam", "cliprange_value", "vf_coef", "critic_lr",
+                 "critic_warmup", "whiten_advantages", "kl_in_reward")
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.name != "task")
 
 
@@ -534,9 +544,6 @@ def _check_critic(cfg: Config) -> None:
     """PPO with a learned critic: its ranges, and what it does not combine with (yet). The
     number of processes is checked at launch (trainer.check_data_parallel)."""
     a = cfg.algo
-    if a.critic == "head":
-        raise ConfigError("algo.critic='head' (a value head on the policy's own hidden states) "
-                          "is not available yet; use --critic separate")
     _choice("algo", "critic", a.critic, CRITICS)
     if a.critic == "none":
         return
@@ -553,6 +560,12 @@ def _check_critic(cfg: Config) -> None:
                           "be >= 0")
     if a.critic_lr is not None and not 0 < a.critic_lr <= 1:
         raise ConfigError(f"algo.critic_lr={a.critic_lr} must be in (0, 1]")
+    if a.vf_coef <= 0:
+        raise ConfigError(f"algo.vf_coef={a.vf_coef} must be > 0 (the head learns only from it)")
+    if a.critic == "head" and a.critic_warmup:
+        raise ConfigError("algo.critic_warmup freezes the policy while the critic trains, but "
+                          "critic=head's value loss trains the policy's own backbone; use "
+                          "--critic separate for a warm-up, or drop --critic-warmup")
 
 
 def _check_lora(cfg: Config) -> None:
@@ -728,8 +741,10 @@ def _describe_critic(cfg: Config) -> str:
     a = cfg.algo
     clip = f"value clip {a.cliprange_value}" if a.cliprange_value else "no value clipping"
     warm = f", policy frozen for the first {a.critic_warmup} steps" if a.critic_warmup else ""
-    return (f"critic: {a.critic} ({a.critic_model or cfg.policy.model} + linear value head, "
-            f"AdamW lr={a.critic_lr or cfg.lr} constant); Δ = GAE advantages (γ={a.gamma}, "
+    model = (f"{a.critic_model or cfg.policy.model} + linear value head, AdamW "
+             f"lr={a.critic_lr or cfg.lr} constant" if a.critic == "separate" else
+             f"linear value head on the policy's backbone, loss L + {a.vf_coef}·L_V")
+    return (f"critic: {a.critic} ({model}); Δ = GAE advantages (γ={a.gamma}, "
             f"λ={a.lam}{', whitened' if a.whiten_advantages else ''}), {clip}{warm}")
 
 

@@ -1,6 +1,8 @@
 """PPO's learned value model (critic) for a causal LM: building it, V(s_t), Δ and its update.
 
-The critic is a transformers backbone (AutoModel, no LM head) plus a linear value head. For
+The critic is a transformers backbone (no LM head) plus a linear value head: a separate copy of
+a model with its own AdamW (critic=separate), or the policy's own backbone (critic=head), whose
+value loss is added to the policy's, vf_coef·L_V, and trained by the policy's optimizer. For
 response token t, V(s_t) is the value of the state *before* token t is emitted: the prompt plus
 the response's first t tokens. That state's last position is the column whose logits give
 token t's log-prob in HFPolicy (column L-1+t of prompt + response, L the left-padded prompt's
@@ -11,7 +13,9 @@ The math (token rewards, GAE, whitening, value loss) is advantages.py's; this mo
 the model and applies it to a step.Batch:
 
     collect: fill_advantages  values_old (no grad), token rewards, GAE -> Δ (B, G, T), returns
-    update:  critic_pass      each μ pass: value loss over the micro-batches, one AdamW step
+    update:  critic_pass      separate: each μ pass, value loss over the micro-batches, one
+                              step of the critic's AdamW
+             value_share      head: a micro-batch's value loss, for step.update_pass to add
 
 Shapes: B prompts, G samples each, N = B*G rows, L prompt columns, T response tokens, H hidden.
 """
@@ -40,18 +44,26 @@ if TYPE_CHECKING:
     from lmrl.step import Batch
 
 # The critics lmrl builds (config.AlgoConfig.critic); "none" keeps --delta's Δ.
-CRITICS = ("none", "separate")
+CRITICS = ("none", "separate", "head")
 HEAD_FILE = "value_head.safetensors"
 
 
 class Critic(nn.Module):
-    """V(s_t) for every response token: a backbone's hidden states through Linear(H, 1)."""
+    """V(s_t) for every response token: a backbone's hidden states through Linear(H, 1).
 
-    def __init__(self, backbone: nn.Module, autocast: torch.dtype | None = None) -> None:
+    shared: the backbone is the policy's (critic=head); the critic then owns only its head,
+    which is all it saves, and the policy's optimizer trains both."""
+
+    def __init__(self, backbone: nn.Module, autocast: torch.dtype | None = None,
+                 shared: bool = False) -> None:
         super().__init__()
         self.backbone = backbone.eval()  # no dropout: values_old and the update see one model
         self.head = nn.Linear(backbone.config.hidden_size, 1)
-        self.autocast = autocast
+        self.autocast, self.shared = autocast, shared
+
+    def owned(self) -> nn.Module:
+        """What this critic alone trains and checkpoints: the head, or everything."""
+        return self.head if self.shared else self
 
     def train(self, mode: bool = True) -> "Critic":
         super().train(mode)
@@ -86,18 +98,26 @@ class Critic(nn.Module):
         return (v * mask).reshape(B, G, T)
 
     def save_to(self, run_dir: Path) -> None:
-        """run_dir/critic/: the backbone (save_pretrained) and the value head (safetensors)."""
+        """run_dir/critic/: the backbone (save_pretrained; not a shared one, which is model/)
+        and the value head (safetensors)."""
         from safetensors.torch import save_file
 
         with files.atomic_dir(Path(run_dir) / "critic") as tmp:
-            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            if not self.shared:
+                self.backbone.save_pretrained(tmp, safe_serialization=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       tmp / HEAD_FILE)
 
 
 def build_critic(cfg: "Config", policy: "HFPolicy") -> Critic:
-    """The backbone of algo.critic_model (default: the policy's model) on the policy's device,
-    with a value head initialised from the run's seed (without moving the global RNG)."""
+    """critic=separate: the backbone of algo.critic_model (default: the policy's model) on the
+    policy's device; critic=head: the policy's own backbone. The value head is initialised from
+    the run's seed (without moving the global RNG)."""
+    if cfg.algo.critic == "head":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            critic = Critic(policy.model.base_model, autocast=policy.autocast, shared=True)
+        return critic.to(policy.device)
     from transformers import AutoModel
 
     from lmrl.config import ConfigError
@@ -204,3 +224,17 @@ def value_diagnostics(v: Tensor, mb: "Batch", mask: Tensor, clip: float | None
     frac = value_clip_frac(v, mb.values_old, mb.returns, mask, clip) if clip else 0.0
     return {"critic/values_mean": masked_mean(v, mask).item(),
             "critic/returns_mean": masked_mean(mb.returns, mask).item(), "critic/clip_frac": frac}
+
+
+def value_share(critic: Critic, cfg: "Config", mb: "Batch", denominator: float
+                ) -> tuple[Tensor, dict[str, float]]:
+    """critic=head: a micro-batch's share of the value loss (aggregated as the policy loss is,
+    over the whole batch's denominator) and its diagnostics, for the caller to add vf_coef times
+    to the policy's loss. The values come from a second forward through the shared backbone
+    (transformers' own forward, whichever forward the log-probs used)."""
+    clip = cfg.algo.cliprange_value or None
+    mask = mb.response_mask.to(critic.device)
+    v = critic.values(mb.prompts, mb.responses, mb.response_mask)  # (B', G, T)
+    loss = aggregate(value_loss(v, mb.values_old, mb.returns, mask, clip), mask,
+                     cfg.algo.aggregation, denominator)
+    return loss, value_diagnostics(v.detach(), mb, mask, clip)

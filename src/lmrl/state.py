@@ -52,8 +52,9 @@ class TrainState:
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
             "reward_stats": {name: asdict(stats) for name, stats in self.reward_stats.items()},
-            **({"critic": self.critic.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict()} if self.critic else {}),
+            **({"critic": self.critic.owned().state_dict()} if self.critic else {}),
+            **({"critic_optimizer": self.critic_optimizer.state_dict()}
+               if self.critic_optimizer else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -67,7 +68,8 @@ class TrainState:
         for name in self.COUNTERS:
             setattr(self, name, state.get(name, getattr(self, name)))
         if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
+            self.critic.owned().load_state_dict(state["critic"])
+        if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
             if name in self.reward_stats:
@@ -130,10 +132,11 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     # the optimizer keeps no state for frozen weights.
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, cfg.lr, cfg.train.weight_decay, fused=not cfg.is_toy)
+    # Before the schedule, which must see every parameter group (a critic head joins this one).
+    critic, critic_optimizer = build_critic_and_optimizer(cfg, policy, optimizer)
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tr.steps, tr.warmup_steps, tr.schedule, tr.min_lr_frac))
-    critic, critic_optimizer = build_critic_and_optimizer(cfg, policy)
     return TrainState(
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,
         generator=torch.Generator().manual_seed(seed),
@@ -142,15 +145,19 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     )
 
 
-def build_critic_and_optimizer(cfg: Config, policy: nn.Module
+def build_critic_and_optimizer(cfg: Config, policy: nn.Module, optimizer: torch.optim.Optimizer
                                ) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
     """PPO's critic (critic.py) and its AdamW at a constant critic_lr (default: the policy's
-    peak lr); (None, None) with critic=none."""
+    peak lr); (None, None) with critic=none. critic=head: the head joins the policy's optimizer
+    (and schedule) and has none of its own."""
     if cfg.algo.critic == "none":
         return None, None
     from lmrl.critic import build_critic
 
     critic = build_critic(cfg, policy)
+    if critic.shared:
+        optimizer.add_param_group({"params": list(critic.head.parameters())})
+        return critic, None
     lr = cfg.algo.critic_lr or cfg.lr
     return critic, adamw(critic.parameters(), lr, cfg.train.weight_decay)
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
-from lmrl.critic import critic_pass, fill_advantages
+from lmrl.critic import critic_pass, fill_advantages, value_share
 from lmrl.deltas import compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
@@ -200,7 +200,7 @@ def update(state: TrainState, cfg: Config, batch: Batch,
                                                 idle)
             if stage is not None:
                 skipped[stage] += 1
-        if state.critic is not None:
+        if state.critic is not None and not state.critic.shared:  # its own optimizer
             with clock("critic_update"):
                 critic = critic_pass(state.critic, state.critic_optimizer, cfg, micro,
                                      denominator)
@@ -244,16 +244,24 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
     """
     state.optimizer.zero_grad(set_to_none=True)
     stored, parts = [], []
+    head = state.critic if state.critic is not None and state.critic.shared else None
+    value_total = 0.0
     for i, mb in enumerate(micro):
         with clock("logprob"):  # the forward pass and the loss
             logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mb.response_mask,
                                                   with_entropy=True)
             old = logp.detach() if logp_old is None else logp_old[i]
             pg, kl, loss = micro_loss(cfg.algo, logp, old, mb, denominator)
+            if head is not None:  # critic=head: one loss trains the policy and its value head
+                value, value_diag = value_share(head, cfg, mb, denominator)
+                loss = loss + cfg.algo.vf_coef * value
+                value_total += value.item()
         with clock("backward"):
             loss.backward()
         stored.append(old)
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
+        if head is not None:
+            diag.update(value_diag)
         parts.append((mb.response_mask.sum().item(), diag))
     for _ in range(idle):
         with clock("logprob"):
@@ -268,6 +276,8 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
         grad_norm = grad_clip(state, cfg.train.grad_clip)
         diag = combine(parts)
         diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
+        if head is not None:
+            diag["critic/value_loss"] = value_total  # its shares are globally normalised too
         if distributed.world() > 1:  # every rank then skips, or steps, alike
             diag = combine_ranks(diag, sum(w for w, _ in parts))
         diag["policy/grad_norm"] = grad_norm
@@ -353,8 +363,10 @@ def nonfinite_stage(loss: float, grad_norm: float) -> str | None:
 
 def grad_clip(state: TrainState, max_norm: float) -> float:
     """Clip to max_norm (0: do not) and return the norm before clipping: the whole gradient's,
-    a sharded model's (DTensor gradients) too."""
-    params = [p for p in state.policy.parameters() if p.grad is not None]
+    a sharded model's (DTensor gradients) too, and a critic=head value head's (the optimizer's
+    parameters: the policy's trainable ones and that head)."""
+    params = [p for group in state.optimizer.param_groups for p in group["params"]
+              if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
