@@ -89,8 +89,8 @@ def sft_policy(out: Path, args) -> Path:
     run([*lmrl_cmd(), "init-model", "--out", str(init), "--overwrite", *TASK, *HELDOUT,
          "--seed", str(args.seed)])
     run([*lmrl_cmd(), "sft", "--model", str(init), "--out", str(sft), "--overwrite", *TASK,
-         *HELDOUT, "--steps", str(args.sft_steps), "--eval-every", "2", "--stop-at", "0.3", "--seed",
-         str(args.seed), "--threads", "1"], out / "sft.log")
+         *HELDOUT, "--steps", str(args.sft_steps), "--eval-every", "2", "--stop-at", "0.3",
+         "--seed", str(args.seed), "--threads", "1"], out / "sft.log")
     return sft
 
 

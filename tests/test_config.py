@@ -20,7 +20,8 @@ from lmrl.config import (
 from lmrl.presets import PRESETS
 
 VALID = {
-    "delta": ("raw", "centered", "normalized", "max_only", "rloo", "dr_grpo", "reinforce_pp"),
+    "delta": ("raw", "centered", "normalized", "max_only", "rloo", "dr_grpo", "reinforce_pp",
+              "value", "running_mean"),
     "loss": ("naive", "unclipped", "clipped"),
     "aggregation": ("token_mean", "sequence_mean", "constant"),
     "reward": ("exact_match", "positional", "inclusion_adjacency",

@@ -229,7 +229,7 @@ def test_seed_two_state_baseline_example():
 def test_shape_preserved_and_input_untouched(name):
     rewards = torch.rand(3, 4, generator=torch.Generator().manual_seed(3))
     before = rewards.clone()
-    out = compute_deltas(name, rewards)
+    out = compute_deltas(name, rewards, baseline=torch.full((3, 1), 0.5))  # B(S): value, ...
     assert out.shape == (3, 4)
     assert torch.equal(rewards, before)
 
@@ -243,10 +243,12 @@ def test_compute_deltas_dispatches_each_name():
         "rloo": [[-8 / 3, -4 / 3, 0.0, 4.0]],
         "dr_grpo": [[-2.0, -1.0, 0.0, 3.0]],
         "reinforce_pp": [[-1.0690444, -0.5345222, 0.0, 1.6035666]],
+        "value": [[-1.0, 0.0, 1.0, 4.0]],  # R - B(S), B(S) = 2
+        "running_mean": [[-1.0, 0.0, 1.0, 4.0]],
     }
     assert set(expected) == set(DELTAS)
-    for name, values in expected.items():
-        assert_close(compute_deltas(name, R), values, atol=2e-7)
+    for name, values in expected.items():  # only a learned-baseline delta reads the baseline
+        assert_close(compute_deltas(name, R, baseline=torch.tensor([[2.0]])), values, atol=2e-7)
 
 
 def test_compute_deltas_unknown_name_lists_valid_names():
@@ -264,7 +266,8 @@ def test_each_delta_takes_eps_exactly_when_its_spec_says_so(name):
     import inspect
     spec = DELTAS[name]
     assert list(inspect.signature(spec.fn).parameters) == (
-        ["rewards", "eps"] if spec.reads_eps else ["rewards"])
+        ["rewards", "eps"] if spec.reads_eps else
+        ["rewards", "baseline"] if spec.learned_baseline else ["rewards"])
     assert (name in GROUP_BASELINE) == spec.needs_group
 
 

@@ -135,6 +135,10 @@ STEPS_SCRIPT = textwrap.dedent("""
              "sequence_mean_kl": ["--aggregation", "sequence_mean", "--kl-weight", "0.1",
                                   "--grad-accum", "2"],
              "constant_mu2": ["--aggregation", "constant", "--mu", "2"]}
+    if "--model" not in base:  # a learned baseline: every rank fits it on the whole batch
+        cases["value"] = ["--aggregation", "token_mean", "--delta", "value"]
+        # Batch statistics over every rank's samples, as one process takes them over B prompts.
+        cases["reinforce_pp"] = ["--aggregation", "token_mean", "--delta", "reinforce_pp"]
     if "--model" in base and "--fsdp" not in base:  # LoRA, with a KL term to the base model
         cases["lora_kl"] = ["--lora-r", "4", "--lora-target-modules", "all-linear",
                             "--kl-weight", "0.1", "--aggregation", "token_mean"]
@@ -197,7 +201,8 @@ def test_two_ranks_end_with_the_parameters_of_one_process(tmp_path, model):
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr
     cases = ["token_mean", "sequence_mean_kl", "constant_mu2"]
-    for name in cases + (["lora_kl"] if model == "causal_lm" else []):
+    cases += {"toy": ["value", "reinforce_pp"], "causal_lm": ["lora_kl"]}.get(model, [])
+    for name in cases:
         assert_same_parameters(tmp_path / f"{name}-1.safetensors",
                                tmp_path / f"{name}-2.safetensors")
         keys = assert_same_metrics(json.loads((tmp_path / f"{name}-1.json").read_text()),

@@ -53,6 +53,15 @@ def test_preflight_sees_step_ones_batch_and_leaves_the_run_bit_identical(tmp_pat
     assert pre["samples"] == 32 * 16 and pre["warnings"] == []
 
 
+def test_a_group_of_one_reports_no_flat_groups(tmp_path, capsys):
+    """With G = 1 (a learned baseline) every "group" is flat by definition: not worth a line."""
+    for name, G, delta in (("one", 1, "value"), ("many", 4, "normalized")):
+        train(toy(tmp_path, name, train={"steps": 1, "G": G}, algo={"delta": delta},
+                  log={"eval_every": 1}), verbose=True)
+        line = next(x for x in capsys.readouterr().out.splitlines() if "pre-flight" in x)
+        assert ("flat groups" in line) == (G > 1)
+
+
 def test_default_demo_is_silent(tmp_path, capsys):
     """`lmrl train`'s defaults, fewer steps, and the in-training checks at their most eager."""
     cfg = toy(tmp_path, "demo", train={"steps": 25}, log={"eval_every": 25, "warn_after": 1})

@@ -13,6 +13,7 @@ from typing import Annotated
 import torch
 import tyro
 
+from lmrl.baselines import BASELINES
 from lmrl.critic import CRITICS
 from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
@@ -178,10 +179,18 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    delta: Annotated[str, valid("How rewards become Δ (mean, std: over the prompt's group; the "
-                                "registry: lmrl/deltas.py).", DELTAS)] = "normalized"
+    delta: Annotated[str, valid("How rewards become Δ (mean, std: over the prompt's group unless "
+                                "the formula says batch; V(S) and the running mean are learned "
+                                "baselines; the registry: lmrl/deltas.py).", DELTAS)] = \
+        "normalized"
     norm_eps: float = 1e-6
-    """eps in normalized deltas (R - mean) / (std + eps)."""
+    """eps in (R - mean) / (std + eps): delta normalized (group) and reinforce_pp (batch)."""
+    value_lr: float = 1e-2
+    """Learning rate of delta=value's value network V(S) (its own AdamW, one step on the MSE to
+    the rewards per training step)."""
+    baseline_decay: float = 0.0
+    """delta=running_mean: 0 keeps the exact mean of every reward seen for a prompt; d in
+    (0, 1) a moving average, mean <- d·mean + (1-d)·(the step's mean for the prompt)."""
     loss: Annotated[str, valid("Policy loss (the registry: lmrl/losses.py).", LOSSES)] = "clipped"
     clip_eps: float = 0.2
     """Clip range ε: r is clipped to [1-ε, 1+ε]."""
@@ -412,6 +421,8 @@ def _reject_ignored(cfg: Config) -> None:
          "critic=head is a value head on the policy's own backbone, trained by its optimizer"),
         (a.critic != "none", "algo", ("delta",),
          f"with critic={a.critic} Δ are the critic's GAE advantages, not a function of rewards"),
+        *[(a.delta != name, "algo", baseline.reads, f"only delta={name} reads it")
+          for name, baseline in BASELINES.items()],
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
@@ -499,9 +510,15 @@ def validate(cfg: Config) -> None:
         _choice("log", "logger", name, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     _check_critic(cfg)
+    learned = "/".join(BASELINES)
     if tr.G < 2 and DELTAS[a.delta].needs_group and a.critic == "none":
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
-                          "samples per prompt; raise G or use delta=raw")
+                          f"samples per prompt; raise G or use delta=raw, or a learned baseline "
+                          f"that needs no group (delta={learned}, or --critic with a causal LM)")
+    if DELTAS[a.delta].learned_baseline and not cfg.is_toy:
+        raise ConfigError(f"delta={a.delta} learns B(S) from the toy sort task's prompts; with a "
+                          "causal LM use a group baseline (centered, normalized, rloo) or PPO's "
+                          "critic (--critic separate or head)")
     if LOSSES[a.loss].clips and min(a.eps_low, a.eps_high) <= 0:
         raise ConfigError(f"clip ε must be > 0 (got low={a.eps_low}, high={a.eps_high}); "
                           "to remove clipping use loss=unclipped")
@@ -549,7 +566,8 @@ def _check_critic(cfg: Config) -> None:
         return
     if cfg.is_toy:
         raise ConfigError(f"algo.critic={a.critic} trains a causal-LM value model; the toy model "
-                          "has no hidden states to read (drop --critic, or use --model DIR)")
+                          "has no hidden states to read (for the toy task use --delta value, a "
+                          "learned V(S) baseline; or --model DIR)")
     if cfg.policy.lora_r or cfg.train.fsdp:
         raise ConfigError(f"algo.critic={a.critic} with LoRA or --fsdp is not supported yet; "
                           "drop --lora-r / --fsdp or --critic")
@@ -630,6 +648,9 @@ def _check_ranges(cfg: Config) -> None:
     if not 0.0 <= tr.min_lr_frac <= 1.0:
         raise ConfigError(f"train.min_lr_frac={tr.min_lr_frac} must be in [0, 1] (a fraction of "
                           "the peak lr; a negative one would ascend the loss)")
+    if not 0.0 < cfg.algo.value_lr <= 1.0 or not 0.0 <= cfg.algo.baseline_decay < 1.0:
+        raise ConfigError(f"algo.value_lr={cfg.algo.value_lr} must be in (0, 1] and "
+                          f"algo.baseline_decay={cfg.algo.baseline_decay} in [0, 1)")
     if tr.lr is not None and tr.lr > 1.0:
         raise ConfigError(f"train.lr={tr.lr} is above 1: AdamW moves every weight by about lr "
                           "per update, so the model would diverge; use e.g. 1e-4 to 1e-2")
@@ -730,6 +751,8 @@ def _describe_objective(a: AlgoConfig) -> str:
     """The delta and loss as formulas (from their registries), with the settings each reads."""
     delta_spec, loss_spec = DELTAS[a.delta], LOSSES[a.loss]
     delta = [delta_spec.help] + ([f"eps={a.norm_eps}"] if delta_spec.reads_eps else [])
+    delta += [f"{name}={getattr(a, name)}" for name in
+              (BASELINES[a.delta].reads if a.delta in BASELINES else ())]
     loss = ([loss_spec.help] + ([f"ε={a.eps_low}/{a.eps_high}"] if loss_spec.clips else [])
             + ([f"ratio per {a.ratio_level}"] if loss_spec.uses_ratio else []))
     where = f"{a.delta} ({', '.join(delta)})" if a.critic == "none" else "the critic's (below)"

@@ -18,6 +18,8 @@ Choices the seed leaves open, fixed here and tested in tests/test_deltas.py:
   only) and its Δ is 0. A group-baseline delta with fewer than 2 scored samples is 0 there.
   A batch-statistics delta (reinforce_pp) takes its statistics over the batch's scored samples.
 - reinforce_pp uses the biased (N) standard deviation over the batch; see its docstring.
+- A learned baseline B(S) (value, running_mean) is state that outlives the step, so it is not
+  computed here: the step passes its values in (`baseline`, (B, 1)) and baselines.py learns it.
 """
 
 from collections.abc import Callable
@@ -86,13 +88,19 @@ def reinforce_pp(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     and eps is added to the std as in `normalized`, so algo.norm_eps means the same in both.
     (OpenRLHF's implementation whitens over tokens and floors the variance at eps instead.)
     The paper's KL-in-reward term is not part of Δ here; lmrl's KL is the separate loss term.
-    Under data parallelism the mean and std would have to be pooled over every rank's samples;
-    this function sees only the batch it is given. A batch whose rewards are all equal gets 0.
+    This function sees only the batch it is given: under data parallelism step.deltas_of gives
+    it every rank's rewards. A batch whose rewards are all equal gets 0.
     Shapes: rewards (B, G) -> (B, G); G = 1 is fine.
     """
     if bool(rewards.amax() == rewards.amin()):  # as in centered: exact zeros, never ulp noise
         return torch.zeros_like(rewards)
     return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+
+
+def baseline_subtracted(rewards: Tensor, baseline: Tensor) -> Tensor:
+    """Δ = R - B(S), B a baseline of the prompt alone (learned: baselines.py), so no group is
+    needed. Shapes: rewards (B, G), baseline (B, 1) or (B, G) -> (B, G)."""
+    return rewards - baseline
 
 
 DeltaFn = Callable[..., Tensor]
@@ -105,7 +113,8 @@ class DeltaSpec:
     needs_group: it subtracts a group baseline, so it needs G >= 2 (with one sample the
     baseline is the sample itself); reads_eps: it takes `eps` (algo.norm_eps); batch_stats: its
     statistics span the whole batch, not one group (so unscored samples leave the batch's
-    statistics, and data parallelism would need them pooled across ranks).
+    statistics, and step.deltas_of pools them over data-parallel ranks);
+    learned_baseline: it takes `baseline`, B(S) of a learned baseline (baselines.BASELINES).
     Calling the spec calls the delta.
     """
 
@@ -114,6 +123,7 @@ class DeltaSpec:
     needs_group: bool = False
     reads_eps: bool = False
     batch_stats: bool = False
+    learned_baseline: bool = False
 
     def __call__(self, rewards: Tensor, **settings: float) -> Tensor:
         return self.fn(rewards, **settings)
@@ -130,17 +140,28 @@ DELTAS: dict[str, DeltaSpec] = {
                          needs_group=True),
     "reinforce_pp": DeltaSpec(reinforce_pp, "(R - batch mean) / (batch std + eps)",
                               reads_eps=True, batch_stats=True),
+    "value": DeltaSpec(baseline_subtracted, "R - V(S), V a network of the prompt fit to R",
+                       learned_baseline=True),
+    "running_mean": DeltaSpec(baseline_subtracted, "R - the running mean of R for the prompt",
+                              learned_baseline=True),
 }
 GROUP_BASELINE = {name for name, spec in DELTAS.items() if spec.needs_group}
 
 
-def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dispatch by name; eps goes only to the deltas that read it (normalized, reinforce_pp).
-    nan rewards (unscored samples) get Δ = 0 and stay out of their group's statistics (out of
-    the batch's, for a batch-statistics delta)."""
+def compute_deltas(name: str, rewards: Tensor, eps: float = 1e-6,
+                   baseline: Tensor | None = None) -> Tensor:
+    """Dispatch by name; eps goes only to the deltas that read it (normalized, reinforce_pp),
+    baseline (B, 1) only to those with a learned baseline. nan rewards (unscored samples) get
+    Δ = 0 and stay out of their group's statistics (out of the batch's, for a batch-statistics
+    delta)."""
     if name not in DELTAS:
         raise ValueError(f"unknown delta {name!r}; valid: {', '.join(DELTAS)}")
     spec = DELTAS[name]
+    if spec.learned_baseline:
+        if baseline is None:
+            raise ValueError(f"delta {name!r} subtracts a learned baseline: pass baseline (B, 1)")
+        # Per sample, no group statistics: an unscored sample's Δ is 0, the others' unchanged.
+        return torch.where(rewards.isnan(), 0.0, spec.fn(rewards, baseline=baseline))
     settings = {"eps": eps} if spec.reads_eps else {}
     scored = ~rewards.isnan()
     if bool(scored.all()):

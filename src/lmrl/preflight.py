@@ -187,8 +187,9 @@ def preflight(state: TrainState, task, cfg: Config, run_dir: Path,
 
 def report(m: dict[str, float], cfg: Config, names: list[str]) -> str:
     """Two lines: the batch as a whole, then each reward function's mean ± std."""
-    parts = [f"reward {m['train/reward_mean']:.3g} ± {m['train/reward_std']:.3g}",
-             f"flat groups {m['train/flat_group_frac']:.0%}"]
+    parts = [f"reward {m['train/reward_mean']:.3g} ± {m['train/reward_std']:.3g}"]
+    if cfg.train.G > 1:  # a group of one is always "flat"; with G = 1 that says nothing
+        parts.append(f"flat groups {m['train/flat_group_frac']:.0%}")
     if "train/truncated_frac" in m:
         parts.append(f"truncated {m['train/truncated_frac']:.0%}")
     parts.append(f"{m['train/response_tokens']:.1f} tokens per completion")

@@ -1,4 +1,5 @@
-"""All training state in one object: policy, optimizer, schedule, reference snapshot, RNGs, step.
+"""All training state in one object: policy, optimizer, schedule, reference snapshot, learned
+baseline, RNGs, step.
 
 `state_dict()` / `load_state_dict()` round-trip everything needed to resume a run bit-for-bit
 (tests/test_trainer.py checks that a resumed run matches an uninterrupted one).
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmrl.baselines import BASELINES, Baseline
 from lmrl.config import Config
 from lmrl.optim import adamw, lr_lambda
 from lmrl.policies.toy import ToySortPolicy
@@ -38,6 +40,8 @@ class TrainState:
     # PPO's learned value model (critic.py) and its own AdamW; None without a critic.
     critic: nn.Module | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
+    # B(S) of delta=value / running_mean (baselines.py), learned across steps; None otherwise.
+    baseline: Baseline | None = None
 
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
@@ -55,6 +59,7 @@ class TrainState:
             **({"critic": self.critic.owned().state_dict()} if self.critic else {}),
             **({"critic_optimizer": self.critic_optimizer.state_dict()}
                if self.critic_optimizer else {}),
+            "baseline": self.baseline.state_dict() if self.baseline else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -71,6 +76,8 @@ class TrainState:
             self.critic.owned().load_state_dict(state["critic"])
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.baseline is not None:
+            self.baseline.load_state_dict(state["baseline"])
         for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
             if name in self.reward_stats:
                 vars(self.reward_stats[name]).update(saved)
@@ -142,6 +149,7 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
         generator=torch.Generator().manual_seed(seed),
         eval_generator=torch.Generator().manual_seed(seed + 1),
         critic=critic, critic_optimizer=critic_optimizer,
+        baseline=BASELINES[cfg.algo.delta].build(cfg) if cfg.algo.delta in BASELINES else None,
     )
 
 

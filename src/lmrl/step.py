@@ -2,7 +2,7 @@
 
     collect: prompts -> rollouts -> rewards -> deltas -> ref log-probs   (a Batch)
     update:  μ × (log-probs -> loss -> backward -> optimizer step)
-    then the snapshot refresh
+    then the learned baseline's update (delta=value / running_mean) and the snapshot refresh
 
 The step is written against the policy protocol (sample / logprobs with a response mask), so the
 toy model and a causal LM run through the same code. `collect` and `update` are the seam between
@@ -22,7 +22,7 @@ from torch import Tensor
 from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
 from lmrl.critic import critic_pass, fill_advantages, value_share
-from lmrl.deltas import compute_deltas
+from lmrl.deltas import DELTAS, compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
     KL_ESTIMATORS,
@@ -113,11 +113,24 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
         batch = collect(state, task, cfg, clock)  # times sample, reward, ref
         with clock("update"):
             metrics = update(state, cfg, batch, clock)  # times logprob, backward, optimizer
+            learned = update_baseline(state, batch)
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
-    return {**reward_metrics(gathered(batch), task), **batch.stats, **metrics,
+    return {**reward_metrics(gathered(batch), task), **batch.stats, **metrics, **learned,
             "train/ref_refreshed": float(refreshed), **clock.metrics()}
+
+
+def update_baseline(state: TrainState, batch: Batch) -> dict[str, float]:
+    """Fit the learned baseline (if any) to this step's rewards, after Δ was computed from it,
+    so Δ never compares R with a baseline that has seen R. Here and not in collect: the
+    pre-flight's collect must leave the run unchanged, and a step that fails before its update
+    must leave the baseline as it was (recovery.save_after_failure repeats that step).
+    Every rank learns from the whole batch, so their copies stay equal."""
+    if state.baseline is None:
+        return {}
+    prompts = distributed.gather(batch.prompts)  # (B, n)
+    return state.baseline.update(prompts, distributed.gather(batch.rewards))
 
 
 def gathered(batch: Batch) -> Batch:
@@ -160,7 +173,7 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
         rewards = rewards.to(torch.float32)
-        delta = compute_deltas(cfg.algo.delta, rewards, eps=cfg.algo.norm_eps)  # (B, G)
+        delta = deltas_of(state, cfg, prompts, rewards)  # (B, G)
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
                   getattr(rollout, "truncated", None))
     with clock("ref"):
@@ -173,6 +186,18 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
             batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum,
                                           getattr(rollout, "logp", None))
     return batch
+
+
+def deltas_of(state: TrainState, cfg: Config, prompts, rewards: Tensor) -> Tensor:
+    """Δ (B', G) of this rank's rewards (B', G). A batch-statistics delta (reinforce_pp) takes
+    them over every rank's samples, as one process would over the B prompts, then keeps this
+    rank's share; a learned baseline reads its values of these prompts."""
+    a = cfg.algo
+    if DELTAS[a.delta].batch_stats and distributed.world() > 1:
+        whole = compute_deltas(a.delta, distributed.gather(rewards), eps=a.norm_eps)
+        return whole[distributed.share(cfg.train.B)]
+    baseline = state.baseline.values(prompts)[:, None] if state.baseline else None  # (B', 1)
+    return compute_deltas(a.delta, rewards, eps=a.norm_eps, baseline=baseline)
 
 
 def update(state: TrainState, cfg: Config, batch: Batch,
