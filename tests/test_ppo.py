@@ -11,14 +11,16 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
+from lmrl import distributed  # noqa: E402
 from lmrl.advantages import gae, outcome_token_rewards, whiten  # noqa: E402
 from lmrl.cli import main  # noqa: E402
 from lmrl.config import Config, ConfigError  # noqa: E402
 from lmrl.critic import fill_advantages  # noqa: E402
 from lmrl.losses import masked_mean  # noqa: E402
+from lmrl.preflight import flat_groups  # noqa: E402
 from lmrl.state import build_policy, build_state  # noqa: E402
 from lmrl.step import collect, grpo_step, update  # noqa: E402
-from lmrl.trainer import build_task  # noqa: E402
+from lmrl.trainer import build_task, check_data_parallel  # noqa: E402
 
 TASK = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "20"]
 
@@ -223,6 +225,21 @@ def test_resume_continues_a_ppo_run_exactly(models, tmp_path, kind):
     for name in (*saved, "critic/value_head.safetensors", "model/model.safetensors"):
         a, b = load_file(split / name), load_file(straight / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_preflight_flat_check_looks_at_the_whole_batch_with_a_critic(models):
+    """With G = 1 every group is "flat"; with a critic only a batch that scores alike is."""
+    cfg = ppo_cfg(models / "init").replace(train={"G": 1})
+    metrics = {"train/flat_group_frac": 1.0, "train/delta_abs_mean": 0.0,
+               "train/reward_mean": 0.5, "train/reward_std": 0.4}
+    assert flat_groups(metrics, cfg) is None
+    assert "critic's advantages" in flat_groups({**metrics, "train/reward_std": 0.0}, cfg).message
+
+
+def test_multiple_processes_are_refused_with_a_critic(models, monkeypatch):
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    with pytest.raises(ConfigError, match="runs on one process"):
+        check_data_parallel(ppo_cfg(models / "init"))
 
 
 def test_g1_is_accepted_with_a_critic_and_refused_with_a_group_delta(models):
