@@ -720,7 +720,8 @@ def describe(cfg: Config) -> str:
     if a.uses_reference:
         refresh = f"refreshed every {a.ref_refresh} steps" if a.ref_refresh else "never refreshed"
         base = ", the base model with the adapters off (no copy)" if cfg.policy.lora_r else ""
-        ref = f"on (λ={a.kl_weight}, {a.estimator}){base}, {refresh}"
+        loss_term = f"λ={a.kl_weight}, {a.estimator}" if a.kl_weight else "no KL loss term"
+        ref = f"on ({loss_term}){base}, {refresh}"
         if a.kl_in_reward:
             ref += f"; -β·k1 per token in PPO's reward, β={a.kl_in_reward}"
     else:

@@ -173,7 +173,9 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
         rewards = rewards.to(torch.float32)
-        delta = deltas_of(state, cfg, prompts, rewards)  # (B, G)
+        # With a critic, Δ are its per-token advantages, filled in below (fill_advantages).
+        delta = (deltas_of(state, cfg, prompts, rewards) if cfg.algo.critic == "none"
+                 else torch.zeros_like(rewards))  # (B, G)
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
                   getattr(rollout, "truncated", None))
     with clock("ref"):
