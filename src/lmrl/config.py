@@ -14,6 +14,7 @@ import torch
 import tyro
 
 from lmrl.baselines import BASELINES
+from lmrl.critic import CRITICS
 from lmrl.deltas import DELTAS
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.logging import LOGGERS, sink_names
@@ -210,6 +211,35 @@ class AlgoConfig:
     mu: int = 1
     """Gradient steps on each sampled batch (μ); logp_old is stored once per batch."""
     aggregation: Annotated[str, valid("Loss reduction.", AGGREGATIONS)] = "token_mean"
+    critic: Annotated[str, valid("PPO's learned value model (critic.py): none (Δ from --delta), "
+                                 "or separate (a transformers backbone plus a linear value head, "
+                                 "its own AdamW): Δ is then per-token GAE advantages. Causal LMs "
+                                 "only. head: a linear value head on the policy's own backbone, "
+                                 "trained with the policy by L + vf_coef·L_V.", CRITICS)] = "none"
+    critic_model: str | None = None
+    """The critic's backbone (AutoModel.from_pretrained): a directory or hub name sharing the
+    policy's tokenizer (default: the policy's model)."""
+    gamma: float = 1.0
+    """Discount γ of the per-token rewards in GAE (TRL's PPOConfig.gamma)."""
+    lam: float = 0.95
+    """GAE's λ: 0 = one-step TD error, 1 = return minus V (TRL's PPOConfig.lam)."""
+    cliprange_value: float | None = 0.2
+    """PPO2's value clipping: V may move at most this far from V_old per batch (0 or None: no
+    clipping; TRL's PPOConfig.cliprange_value)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss added to the policy's with critic=head (TRL's
+    PPOConfig.vf_coef)."""
+    critic_lr: float | None = None
+    """The separate critic's AdamW learning rate, constant (default: the policy's peak lr)."""
+    critic_warmup: int = 0
+    """Steps at the start during which only the separate critic trains and the policy stays
+    frozen."""
+    whiten_advantages: bool = True
+    """Whiten the GAE advantages over the batch's response tokens (mean 0, std 1) before they
+    become Δ."""
+    kl_in_reward: float = 0.0
+    """β of classic RLHF PPO's per-token reward -β·(log π - log π_ref) (TRL's PPOConfig.kl_coef);
+    0 = off. Builds a reference policy even with kl_weight=0."""
 
     @property
     def eps_low(self) -> float:
@@ -222,6 +252,11 @@ class AlgoConfig:
     @property
     def estimator(self) -> str:
         return self.kl_estimator or "k3"
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a KL term (in the loss, or in PPO's reward) needs π_ref."""
+        return self.kl_weight > 0 or self.kl_in_reward > 0
 
 
 @dataclass(frozen=True)
@@ -376,8 +411,16 @@ def _reject_ignored(cfg: Config) -> None:
          f"only loss={clipping} clips"),
         (not loss_spec.uses_ratio, "algo", ("ratio_level",),
          f"loss={a.loss} has no importance ratio"),
-        (not delta_spec.reads_eps, "algo", ("norm_eps",),
-         f"only delta={reading_eps} divides by std"),
+        (not delta_spec.reads_eps or a.critic != "none", "algo", ("norm_eps",),
+         f"only delta={reading_eps} divides by std, and with a critic Δ are GAE advantages"),
+        (a.critic == "none", "algo", CRITIC_FIELDS, "critic=none: there is no value model"),
+        (a.critic == "separate", "algo", ("vf_coef",),
+         "the separate critic has its own optimizer (critic_lr); vf_coef weighs critic=head's "
+         "value loss"),
+        (a.critic == "head", "algo", ("critic_model", "critic_lr"),
+         "critic=head is a value head on the policy's own backbone, trained by its optimizer"),
+        (a.critic != "none", "algo", ("delta",),
+         f"with critic={a.critic} Δ are the critic's GAE advantages, not a function of rewards"),
         *[(a.delta != name, "algo", baseline.reads, f"only delta={name} reads it")
           for name, baseline in BASELINES.items()],
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
@@ -411,6 +454,8 @@ def _reject_ignored(cfg: Config) -> None:
                                   f"drop it or change the setting that disables it")
 
 
+CRITIC_FIELDS = ("critic_model", "gamma", "lam", "cliprange_value", "vf_coef", "critic_lr",
+                 "critic_warmup", "whiten_advantages", "kl_in_reward")
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskConfig) if f.name != "task")
 
 
@@ -464,15 +509,16 @@ def validate(cfg: Config) -> None:
     for name in sink_names(lg.logger):
         _choice("log", "logger", name, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
+    _check_critic(cfg)
     learned = "/".join(BASELINES)
-    if tr.G < 2 and DELTAS[a.delta].needs_group:
+    if tr.G < 2 and DELTAS[a.delta].needs_group and a.critic == "none":
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
                           f"samples per prompt; raise G or use delta=raw, or a learned baseline "
-                          f"that needs no group (delta={learned})")
+                          f"that needs no group (delta={learned}, or --critic with a causal LM)")
     if DELTAS[a.delta].learned_baseline and not cfg.is_toy:
         raise ConfigError(f"delta={a.delta} learns B(S) from the toy sort task's prompts; with a "
-                          "causal LM use a group baseline (centered, normalized, rloo): a critic "
-                          "for language models is not part of lmrl yet")
+                          "causal LM use a group baseline (centered, normalized, rloo) or PPO's "
+                          "critic (--critic separate or head)")
     if LOSSES[a.loss].clips and min(a.eps_low, a.eps_high) <= 0:
         raise ConfigError(f"clip ε must be > 0 (got low={a.eps_low}, high={a.eps_high}); "
                           "to remove clipping use loss=unclipped")
@@ -481,9 +527,10 @@ def validate(cfg: Config) -> None:
     if a.kl_estimator is not None and a.kl_weight == 0:
         raise ConfigError(f"algo.kl_estimator={a.kl_estimator!r} has no effect with kl_weight=0; "
                           "set kl_weight > 0 or drop kl_estimator")
-    if a.ref_refresh < 0 or (a.ref_refresh > 0 and a.kl_weight == 0):
-        raise ConfigError(f"algo.ref_refresh={a.ref_refresh} needs kl_weight > 0 (the reference "
-                          "policy exists only for the KL term) and must be >= 0")
+    if a.ref_refresh < 0 or (a.ref_refresh > 0 and not a.uses_reference):
+        raise ConfigError(f"algo.ref_refresh={a.ref_refresh} needs kl_weight > 0 or "
+                          "kl_in_reward > 0 (the reference policy exists only for a KL term) "
+                          "and must be >= 0")
     if a.mu < 1:
         raise ConfigError(f"algo.mu={a.mu} must be >= 1")
     if a.norm_eps < 0:
@@ -508,6 +555,35 @@ def validate(cfg: Config) -> None:
     _check_fsdp(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
+
+
+def _check_critic(cfg: Config) -> None:
+    """PPO with a learned critic: its ranges, and what it does not combine with (yet). The
+    number of processes is checked at launch (trainer.check_data_parallel)."""
+    a = cfg.algo
+    _choice("algo", "critic", a.critic, CRITICS)
+    if a.critic == "none":
+        return
+    if cfg.is_toy:
+        raise ConfigError(f"algo.critic={a.critic} trains a causal-LM value model; the toy model "
+                          "has no hidden states to read (for the toy task use --delta value, a "
+                          "learned V(S) baseline; or --model DIR)")
+    if cfg.policy.lora_r or cfg.train.fsdp:
+        raise ConfigError(f"algo.critic={a.critic} with LoRA or --fsdp is not supported yet; "
+                          "drop --lora-r / --fsdp or --critic")
+    if not (0 <= a.gamma <= 1 and 0 <= a.lam <= 1):
+        raise ConfigError(f"algo.gamma={a.gamma} and algo.lam={a.lam} must be in [0, 1]")
+    if (a.cliprange_value or 0) < 0 or a.critic_warmup < 0 or a.kl_in_reward < 0:
+        raise ConfigError("algo.cliprange_value, algo.critic_warmup and algo.kl_in_reward must "
+                          "be >= 0")
+    if a.critic_lr is not None and not 0 < a.critic_lr <= 1:
+        raise ConfigError(f"algo.critic_lr={a.critic_lr} must be in (0, 1]")
+    if a.vf_coef <= 0:
+        raise ConfigError(f"algo.vf_coef={a.vf_coef} must be > 0 (the head learns only from it)")
+    if a.critic == "head" and a.critic_warmup:
+        raise ConfigError("algo.critic_warmup freezes the policy while the critic trains, but "
+                          "critic=head's value loss trains the policy's own backbone; use "
+                          "--critic separate for a warm-up, or drop --critic-warmup")
 
 
 def _check_lora(cfg: Config) -> None:
@@ -641,10 +717,13 @@ def _check_fsdp(cfg: Config) -> None:
 def describe(cfg: Config) -> str:
     """Derived behaviour, printed once at start."""
     a = cfg.algo
-    if a.kl_weight > 0:
+    if a.uses_reference:
         refresh = f"refreshed every {a.ref_refresh} steps" if a.ref_refresh else "never refreshed"
         base = ", the base model with the adapters off (no copy)" if cfg.policy.lora_r else ""
-        ref = f"on (λ={a.kl_weight}, {a.estimator}){base}, {refresh}"
+        loss_term = f"λ={a.kl_weight}, {a.estimator}" if a.kl_weight else "no KL loss term"
+        ref = f"on ({loss_term}){base}, {refresh}"
+        if a.kl_in_reward:
+            ref += f"; -β·k1 per token in PPO's reward, β={a.kl_in_reward}"
     else:
         ref = "off (kl_weight=0: no reference model is built)"
     if a.mu > 1 and not LOSSES[a.loss].uses_ratio:
@@ -658,6 +737,7 @@ def describe(cfg: Config) -> str:
         TASK_SPECS[cfg.task.task].describe(cfg.task),
         _describe_policy(cfg),
         _describe_objective(a),
+        *([_describe_critic(cfg)] if a.critic != "none" else []),
         f"reference policy: {ref}",
         f"old policy: {old}{old_note}",
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
@@ -676,8 +756,20 @@ def _describe_objective(a: AlgoConfig) -> str:
               (BASELINES[a.delta].reads if a.delta in BASELINES else ())]
     loss = ([loss_spec.help] + ([f"ε={a.eps_low}/{a.eps_high}"] if loss_spec.clips else [])
             + ([f"ratio per {a.ratio_level}"] if loss_spec.uses_ratio else []))
-    return (f"delta: {a.delta} ({', '.join(delta)}); loss: {a.loss} ({', '.join(loss)}); "
+    where = f"{a.delta} ({', '.join(delta)})" if a.critic == "none" else "the critic's (below)"
+    return (f"delta: {where}; loss: {a.loss} ({', '.join(loss)}); "
             f"aggregation: {a.aggregation}")
+
+
+def _describe_critic(cfg: Config) -> str:
+    a = cfg.algo
+    clip = f"value clip {a.cliprange_value}" if a.cliprange_value else "no value clipping"
+    warm = f", policy frozen for the first {a.critic_warmup} steps" if a.critic_warmup else ""
+    model = (f"{a.critic_model or cfg.policy.model} + linear value head, AdamW "
+             f"lr={a.critic_lr or cfg.lr} constant" if a.critic == "separate" else
+             f"linear value head on the policy's backbone, loss L + {a.vf_coef}·L_V")
+    return (f"critic: {a.critic} ({model}); Δ = GAE advantages (γ={a.gamma}, "
+            f"λ={a.lam}{', whitened' if a.whiten_advantages else ''}), {clip}{warm}")
 
 
 def _describe_policy(cfg: Config) -> str:

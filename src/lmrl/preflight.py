@@ -68,14 +68,19 @@ def findings(metrics: dict[str, float], cfg: Config, trained: list[str]) -> list
 
 
 def flat_groups(m: dict[str, float], cfg: Config) -> Finding | None:
-    if m["train/flat_group_frac"] < 1.0 or m["train/delta_abs_mean"] != 0.0:
-        return None
     if m.get("train/unscorable_frac") == 1.0:
         return None  # nothing was scored at all: always_none names the functions
     if m.get("train/exact_match") == 1.0:
         return None  # every sample is right: solved, not stuck
     mean, std = m["train/reward_mean"], m["train/reward_std"]
-    if math.isclose(std, 0.0, abs_tol=1e-9 * (1 + abs(mean))):
+    flat_batch = math.isclose(std, 0.0, abs_tol=1e-9 * (1 + abs(mean)))
+    if cfg.algo.critic != "none":  # no groups: the critic's Δ compare samples across the batch
+        return Finding("flat", f"every sample scores {mean:g}, so the critic's advantages hold "
+                               "no reward signal and nothing is learned. Try "
+                               f"{', '.join(flat_hints(cfg))}") if flat_batch else None
+    if m["train/flat_group_frac"] < 1.0 or m["train/delta_abs_mean"] != 0.0:
+        return None
+    if flat_batch:
         cause = (f"every sample scores {mean:g}: a sparse reward that no sample earns, one "
                  "that ignores the completion, or a policy that gives one answer to everything")
     else:
@@ -169,7 +174,8 @@ def preflight(state: TrainState, task, cfg: Config, run_dir: Path,
               say: Callable[[str], None] = print) -> dict[str, float]:
     """Collect step 1's batch aside, report it, record it in preflight.json and warn."""
     probe = dataclasses.replace(state, generator=torch.Generator().manual_seed(cfg.train.seed),
-                                reference=None)  # log-probs of the reference are not needed
+                                reference=None,  # log-probs of the reference are not needed
+                                critic=None)  # nor the critic's values: rewards are reported
     with rng_untouched(), reward_stats_untouched(task):
         batch = collect(probe, task, cfg)
     metrics = {"samples": cfg.train.B * cfg.train.G, **reward_metrics(gathered(batch), task)}

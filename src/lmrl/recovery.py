@@ -39,6 +39,8 @@ def save_checkpoint(state: TrainState, cfg: Config, run_dir: Path) -> Path | Non
     # policy saves itself (with LoRA: the merged model, whose keys are not the policy's).
     state.policy.save_to(run_dir, whole["policy"] if getattr(state.policy, "sharded", False)
                          else None)
+    if state.critic is not None:  # beside model/, which stays the policy alone
+        state.critic.save_to(run_dir)
     return path
 
 

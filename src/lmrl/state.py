@@ -37,6 +37,9 @@ class TrainState:
     # The rewards' running statistics by reward name (a reward model's, --reward-model-norm
     # running): the reward sources' own objects, so saving reads and resuming fills them.
     reward_stats: dict = field(default_factory=dict)
+    # PPO's learned value model (critic.py) and its own AdamW; None without a critic.
+    critic: nn.Module | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
     # B(S) of delta=value / running_mean (baselines.py), learned across steps; None otherwise.
     baseline: Baseline | None = None
 
@@ -53,6 +56,9 @@ class TrainState:
             **self.rng_state(),
             **{name: getattr(self, name) for name in self.COUNTERS},
             "reward_stats": {name: asdict(stats) for name, stats in self.reward_stats.items()},
+            **({"critic": self.critic.owned().state_dict()} if self.critic else {}),
+            **({"critic_optimizer": self.critic_optimizer.state_dict()}
+               if self.critic_optimizer else {}),
             "baseline": self.baseline.state_dict() if self.baseline else None,
         }
 
@@ -66,6 +72,10 @@ class TrainState:
         self.set_rng_state(state)
         for name in self.COUNTERS:
             setattr(self, name, state.get(name, getattr(self, name)))
+        if self.critic is not None:
+            self.critic.owned().load_state_dict(state["critic"])
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         if self.baseline is not None:
             self.baseline.load_state_dict(state["baseline"])
         for name, saved in state.get("reward_stats", {}).items():  # absent: an older checkpoint
@@ -129,6 +139,8 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
     # the optimizer keeps no state for frozen weights.
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = adamw(trainable, cfg.lr, cfg.train.weight_decay, fused=not cfg.is_toy)
+    # Before the schedule, which must see every parameter group (a critic head joins this one).
+    critic, critic_optimizer = build_critic_and_optimizer(cfg, policy, optimizer)
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tr.steps, tr.warmup_steps, tr.schedule, tr.min_lr_frac))
@@ -136,13 +148,31 @@ def build_state(cfg: Config, policy: nn.Module | None = None) -> TrainState:
         policy=policy, optimizer=optimizer, scheduler=scheduler, reference=reference,
         generator=torch.Generator().manual_seed(seed),
         eval_generator=torch.Generator().manual_seed(seed + 1),
+        critic=critic, critic_optimizer=critic_optimizer,
         baseline=BASELINES[cfg.algo.delta].build(cfg) if cfg.algo.delta in BASELINES else None,
     )
 
 
+def build_critic_and_optimizer(cfg: Config, policy: nn.Module, optimizer: torch.optim.Optimizer
+                               ) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
+    """PPO's critic (critic.py) and its AdamW at a constant critic_lr (default: the policy's
+    peak lr); (None, None) with critic=none. critic=head: the head joins the policy's optimizer
+    (and schedule) and has none of its own."""
+    if cfg.algo.critic == "none":
+        return None, None
+    from lmrl.critic import build_critic
+
+    critic = build_critic(cfg, policy)
+    if critic.shared:
+        optimizer.add_param_group({"params": list(critic.head.parameters())})
+        return critic, None
+    lr = cfg.algo.critic_lr or cfg.lr
+    return critic, adamw(critic.parameters(), lr, cfg.train.weight_decay)
+
+
 def build_reference(cfg: Config, policy: nn.Module) -> ReferencePolicy | AdapterOffReference | None:
     """π_ref for the KL term (None without one): the base model of a LoRA policy, else a copy."""
-    if cfg.algo.kl_weight == 0:
+    if not cfg.algo.uses_reference:
         return None
     if getattr(policy, "lora", False):
         return AdapterOffReference(policy)

@@ -12,6 +12,7 @@ tensors (B, G); B' prompts in a micro-batch.
 """
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from lmrl import distributed
 from lmrl.config import AlgoConfig, Config
+from lmrl.critic import critic_pass, fill_advantages, value_share
 from lmrl.deltas import DELTAS, compute_deltas
 from lmrl.errors import RewardError
 from lmrl.losses import (
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 
 # The fields the μ updates read, each with the prompt axis first; split and groups_with_gradient
 # cut these and leave the scores (metrics only) with the whole batch.
-UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref")
+UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref", "values_old",
+                 "returns")
 
 
 @dataclass
@@ -50,11 +53,14 @@ class Batch:
     prompts: "Tensor | PromptBatch | list[str]"  # (B, n) for the toy model; B prompts for an LM
     responses: Tensor  # (B, G, T)
     response_mask: Tensor  # (B, G, T)
-    delta: Tensor  # (B, G)
+    delta: Tensor  # (B, G); with a critic (B, G, T), per-token advantages
     logp_ref: Tensor | None  # (B, G, T), only with a KL term
     rewards: Tensor | None = None  # (B, G) float32, what Δ was computed from
     table: dict[str, Tensor] = field(default_factory=dict)  # every reward function's (B, G)
     truncated: Tensor | None = None  # (B, G), a causal LM's responses that hit the token budget
+    values_old: Tensor | None = None  # (B, G, T), the critic's V(s_t) at collection
+    returns: Tensor | None = None  # (B, G, T), GAE's returns: the critic's targets
+    stats: dict[str, float] = field(default_factory=dict)  # the critic's collect-time metrics
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
@@ -71,9 +77,11 @@ class Batch:
         pass and backward and computes the same gradient for less work (such flat groups are
         common with 0/1 rewards). The loss keeps the whole batch's denominator. The whole batch
         stays when every group has some Δ, and when none has: the optimizer then still steps on
-        zero gradients (AdamW's momentum moves the weights), as without the skip."""
-        keep = (self.delta != 0).any(dim=-1)  # (B,)
-        if self.logp_ref is not None or bool(keep.all()) or not bool(keep.any()):
+        zero gradients (AdamW's momentum moves the weights), as without the skip. With a critic
+        (returns set) every group stays: the value loss learns from each of them."""
+        keep = (self.delta != 0).flatten(1).any(dim=-1)  # (B,), per-response or per-token Δ
+        if (self.logp_ref is not None or self.returns is not None or bool(keep.all())
+                or not bool(keep.any())):
             return self
         rows = keep.nonzero().squeeze(-1)
         return Batch(**{n: _select(getattr(self, n), rows) for n in UPDATE_FIELDS})
@@ -109,7 +117,7 @@ def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
-    return {**reward_metrics(gathered(batch), task), **metrics, **learned,
+    return {**reward_metrics(gathered(batch), task), **batch.stats, **metrics, **learned,
             "train/ref_refreshed": float(refreshed), **clock.metrics()}
 
 
@@ -165,7 +173,9 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
         # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
         rewards = rewards.to(torch.float32)
-        delta = deltas_of(state, cfg, prompts, rewards)  # (B, G)
+        # With a critic, Δ are its per-token advantages, filled in below (fill_advantages).
+        delta = (deltas_of(state, cfg, prompts, rewards) if cfg.algo.critic == "none"
+                 else torch.zeros_like(rewards))  # (B, G)
     batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
                   getattr(rollout, "truncated", None))
     with clock("ref"):
@@ -173,6 +183,10 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
             batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
                                                                  mb.response_mask)
                                         for mb in batch.split(tr.grad_accum)])
+    if state.critic is not None:
+        with clock("critic"):  # Δ becomes the critic's per-token advantages
+            batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum,
+                                          getattr(rollout, "logp", None))
     return batch
 
 
@@ -205,19 +219,31 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     idle = idle_passes(len(micro)) if cfg.train.fsdp else 0
     logp_old: list[Tensor] | None = None
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
+    frozen = state.step < a.critic_warmup  # PPO's warm-up: only the critic learns
+    diag, critic = {}, {}
     for _ in range(a.mu):
-        logp_old, diag, stage = update_pass(state, cfg, micro, logp_old, denominator, clock, idle)
-        if stage is not None:
-            skipped[stage] += 1
+        if not frozen:
+            logp_old, diag, stage = update_pass(state, cfg, micro, logp_old, denominator, clock,
+                                                idle)
+            if stage is not None:
+                skipped[stage] += 1
+        if state.critic is not None and not state.critic.shared:  # its own optimizer
+            with clock("critic_update"):
+                critic = critic_pass(state.critic, state.critic_optimizer, cfg, micro,
+                                     denominator)
     count = int(skipped["loss"] + skipped["gradient"])
     state.skipped_updates += count
     state.skipped_in_a_row = state.skipped_in_a_row + count if count else 0
     lr = state.optimizer.param_groups[0]["lr"]  # the rate these updates used
-    state.scheduler.step()
+    with warnings.catch_warnings():  # in the critic's warm-up the schedule moves on unstepped
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+        state.scheduler.step()
     state.step += 1
     groups = distributed.all_reduce([len(kept.delta), len(batch.delta)])
     return {
         **diag,
+        **critic,
+        **({"critic/policy_frozen": float(frozen)} if state.critic is not None else {}),
         "train/skipped_nonfinite_loss": skipped["loss"],  # passes of this step
         "train/skipped_nonfinite_grad": skipped["gradient"],
         "train/lr": lr,
@@ -245,16 +271,24 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
     """
     state.optimizer.zero_grad(set_to_none=True)
     stored, parts = [], []
+    head = state.critic if state.critic is not None and state.critic.shared else None
+    value_total = 0.0
     for i, mb in enumerate(micro):
         with clock("logprob"):  # the forward pass and the loss
             logp, entropy = state.policy.logprobs(mb.prompts, mb.responses, mb.response_mask,
                                                   with_entropy=True)
             old = logp.detach() if logp_old is None else logp_old[i]
             pg, kl, loss = micro_loss(cfg.algo, logp, old, mb, denominator)
+            if head is not None:  # critic=head: one loss trains the policy and its value head
+                value, value_diag = value_share(head, cfg, mb, denominator)
+                loss = loss + cfg.algo.vf_coef * value
+                value_total += value.item()
         with clock("backward"):
             loss.backward()
         stored.append(old)
         diag = micro_diagnostics(cfg, logp, old, mb, pg, kl, entropy, loss)
+        if head is not None:
+            diag.update(value_diag)
         parts.append((mb.response_mask.sum().item(), diag))
     for _ in range(idle):
         with clock("logprob"):
@@ -269,6 +303,8 @@ def update_pass(state: TrainState, cfg: Config, micro: list[Batch], logp_old: li
         grad_norm = grad_clip(state, cfg.train.grad_clip)
         diag = combine(parts)
         diag["loss/total"] = sum(d["loss/total"] for _, d in parts)  # already globally normalised
+        if head is not None:
+            diag["critic/value_loss"] = value_total  # its shares are globally normalised too
         if distributed.world() > 1:  # every rank then skips, or steps, alike
             diag = combine_ranks(diag, sum(w for w, _ in parts))
         diag["policy/grad_norm"] = grad_norm
@@ -354,8 +390,10 @@ def nonfinite_stage(loss: float, grad_norm: float) -> str | None:
 
 def grad_clip(state: TrainState, max_norm: float) -> float:
     """Clip to max_norm (0: do not) and return the norm before clipping: the whole gradient's,
-    a sharded model's (DTensor gradients) too."""
-    params = [p for p in state.policy.parameters() if p.grad is not None]
+    a sharded model's (DTensor gradients) too, and a critic=head value head's (the optimizer's
+    parameters: the policy's trainable ones and that head)."""
+    params = [p for group in state.optimizer.param_groups for p in group["params"]
+              if p.grad is not None]
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     return float(torch.nn.utils.get_total_norm([p.grad for p in params]))

@@ -13,6 +13,8 @@ Run directory:
     model.safetensors toy policy weights (of the newest checkpoint)
     model/            causal LM and tokenizer (save_pretrained; lmrl eval / train --model);
                       with LoRA the adapters merged into the weights
+    critic/           PPO runs (--critic separate): the critic's backbone (save_pretrained)
+                      and value_head.safetensors; model/ stays the policy alone
     adapter/          LoRA runs: the adapters alone (peft's save_pretrained; PeftModel loads
                       them onto the base model)
     checkpoints/      step-N/: the full TrainState in safetensors + JSON (resume with --resume)
@@ -112,7 +114,7 @@ class SampleLog:
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "samples.jsonl", "summary.json", "reward.png",
                "model.safetensors", "model", "checkpoints", "tensorboard", "checkpoint.pt",
                "wandb", "mlruns", RUN_IDS, "config.yaml", "preflight.json", "warnings.jsonl",
-               "adapter")
+               "adapter", "critic")
 
 
 def default_run_dir() -> str:
@@ -141,6 +143,10 @@ def train(cfg: Config, policy: torch.nn.Module | None = None, task: Task | None 
 def check_data_parallel(cfg: Config) -> None:
     """Several ranks need B to be a multiple of their number; sharding needs several ranks."""
     distributed.share(cfg.train.B)  # ConfigError unless B splits evenly
+    if cfg.algo.critic != "none" and distributed.world() > 1:
+        raise ConfigError(f"algo.critic={cfg.algo.critic} runs on one process for now (the "
+                          "critic's gradients and the advantage whitening are not pooled over "
+                          "ranks); drop --nproc")
     if cfg.train.fsdp and distributed.world() == 1:
         raise ConfigError("train.fsdp shards the model over several processes, and this is one; "
                           "launch with --nproc N (N >= 2) or torchrun, or drop --fsdp")
