@@ -135,7 +135,7 @@ def draw(policy, task, B: int, G: int, gen: torch.Generator):
     return prompts, rollout.responses, score_training(task, prompts, rollout)[0]
 
 
-def fit_baselines(policy, task, cfg, fit_steps: int, gen: torch.Generator) -> dict:
+def fit_baselines(policy, task, cfg, fit_steps: int, gen: torch.Generator) -> tuple[dict, dict]:
     """V(S) and the running mean, each learned from fit_steps batches of 256x1 samples of the
     fixed policy (as in training, one update per batch), then frozen."""
     from lmrl.baselines import fit_metrics, running_mean_from, value_from
