@@ -11,7 +11,7 @@ import torch
 from lmrl import distributed
 from lmrl.cli import main
 from lmrl.config import Config, ConfigError
-from lmrl.dynamic_sampling import Scored, concatenate, select, varied
+from lmrl.dynamic_sampling import Scored, concatenate, fill, select, varied
 from lmrl.state import build_state
 from lmrl.step import collect, grpo_step
 from lmrl.trainer import build_task, check_data_parallel
@@ -69,6 +69,24 @@ def test_varied_needs_two_distinct_scored_rewards():
     rewards = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.5, nan, 0.5], [nan, nan, nan],
                             [nan, 0.0, 2.0]])
     assert varied(rewards).tolist() == [True, False, False, False, True]
+
+
+def fake_batch(first: int, pattern: list[bool]) -> Scored:
+    """B = len(pattern) toy groups (prompts first, first+1, ...); a True group's rewards vary."""
+    B = len(pattern)
+    rewards = torch.tensor([[0.0, 1.0] if v else [1.0, 1.0] for v in pattern])
+    prompts = torch.arange(first, first + B)[:, None]  # (B, 1)
+    return Scored(prompts, prompts, torch.zeros(B, 2, 3, dtype=torch.long), torch.ones(B, 2, 3),
+                  rewards, {"r": rewards})
+
+
+def test_fill_keeps_the_first_b_varied_groups_in_order():
+    draws = iter([fake_batch(0, [True, False, True, True]), fake_batch(4, [False, True, True,
+                                                                           False])])
+    batch, stats = fill(lambda: next(draws), 4, 5, prepare=lambda p: p)
+    assert batch.prompts.flatten().tolist() == [0, 2, 3, 5]  # 6 varies too, but B are kept
+    assert stats == {"train/sample_rounds": 2.0, "train/kept_group_frac": 5 / 8}
+    assert bool(varied(batch.rewards).all()) and len(batch.table["r"]) == 4
 
 
 def test_flat_groups_are_dropped_and_the_batch_refilled_to_b():
