@@ -61,7 +61,7 @@ class Batch:
     truncated: Tensor | None = None  # (B, G), a causal LM's responses that hit the token budget
     values_old: Tensor | None = None  # (B, G, T), the critic's V(s_t) at collection
     returns: Tensor | None = None  # (B, G, T), GAE's returns: the critic's targets
-    stats: dict[str, float] = field(default_factory=dict)  # the critic's, dynamic sampling's
+    stats: dict[str, float] = field(default_factory=dict)  # collect's: critic, dynamic sampling
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
