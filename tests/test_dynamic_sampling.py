@@ -173,7 +173,7 @@ def _scored(policy, prompts: list[str], max_new: int, seed: int) -> Scored:
 
 def test_a_causal_lms_batches_of_different_t_join_without_moving_a_log_prob():
     pytest.importorskip("transformers")
-    from test_hf_policy import PAD, tiny_model, tiny_tokenizer
+    from test_hf_policy import tiny_model, tiny_tokenizer
 
     from lmrl.policies.hf import HFPolicy
 
@@ -182,12 +182,11 @@ def test_a_causal_lms_batches_of_different_t_join_without_moving_a_log_prob():
     long = _scored(policy, ["9 0 1", "2 3 4 5 6 7 8 9"], max_new=7, seed=1)
     assert short.responses.shape[-1] < long.responses.shape[-1]
     rows_short, rows_long = torch.tensor([0, 2]), torch.tensor([1])
-    joined = concatenate([select(short, rows_short), select(long, rows_long)], policy.prepare,
-                         policy.pad_id)
+    joined = concatenate([select(short, rows_short), select(long, rows_long)], policy.prepare)
     T = long.responses.shape[-1]
     assert joined.responses.shape == (3, 3, T) and joined.inputs.texts == ["1 2", "8",
                                                                            "2 3 4 5 6 7 8 9"]
-    assert bool((joined.responses[:2, :, 2:] == PAD).all())
+    assert not bool(joined.response_mask[:2, :, 2:].any())
     assert torch.equal(joined.table["r"], torch.cat([short.table["r"][rows_short],
                                                      long.table["r"][rows_long]]))
     assert torch.equal(joined.truncated, torch.cat([short.truncated[rows_short],

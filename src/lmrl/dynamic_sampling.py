@@ -50,13 +50,12 @@ def varied(rewards: Tensor) -> Tensor:
     return high > low  # False when nothing is scored: inf > -inf is not
 
 
-def fill(draw: Callable[[], Scored], B: int, max_rounds: int, prepare: Callable,
-         pad_id: int = 0) -> tuple[Scored, dict[str, float]]:
+def fill(draw: Callable[[], Scored], B: int, max_rounds: int, prepare: Callable
+         ) -> tuple[Scored, dict[str, float]]:
     """Draw batches (each B prompts) until B varied groups are kept or max_rounds were drawn.
     Returns the first B kept groups (fewer if the rounds ran out; the last drawn batch as it is
     if none varied) and the metrics train/sample_rounds and train/kept_group_frac (the varied
-    share of every group drawn). prepare re-tokenizes the kept prompts (policy.prepare); pad_id
-    pads the responses of batches that stopped at different lengths T."""
+    share of every group drawn). prepare re-tokenizes the kept prompts (policy.prepare)."""
     kept: list[Scored] = []
     have = drawn = varied_count = rounds = 0
     last = None
@@ -71,7 +70,7 @@ def fill(draw: Callable[[], Scored], B: int, max_rounds: int, prepare: Callable,
             kept.append(select(last, rows))
             have += len(rows)
     stats = {"train/sample_rounds": float(rounds), "train/kept_group_frac": varied_count / drawn}
-    return (concatenate(kept, prepare, pad_id) if kept else last), stats
+    return (concatenate(kept, prepare) if kept else last), stats
 
 
 def select(scored: Scored, rows: Tensor) -> Scored:
@@ -87,22 +86,24 @@ def select(scored: Scored, rows: Tensor) -> Scored:
                   pick(scored.truncated), pick(scored.logp))
 
 
-def concatenate(parts: list[Scored], prepare: Callable, pad_id: int = 0) -> Scored:
-    """One batch of the parts' groups, in order. Per-token tensors are right-padded to the
-    longest T (masked: a response's log-probs do not depend on what follows it), and the prompts
+def concatenate(parts: list[Scored], prepare: Callable) -> Scored:
+    """One batch of the parts' groups, in order. Per-token tensors are right-padded with 0 to
+    the longest T: masked, and a causal LM's log-prob of a token does not depend on the tokens
+    after it, so any id may stand there (the policy's own pad id is none of the step's
+    business: it asks a policy only for the protocol's members). The prompts
     are prepared again as one batch (a causal LM left-pads them to the longest prompt, which
     moves no log-prob: positions count real tokens only)."""
     T = max(p.responses.shape[-1] for p in parts)
 
-    def cat(name: str, value: float = 0.0) -> Tensor | None:
+    def cat(name: str) -> Tensor | None:
         values = [getattr(p, name) for p in parts]
         if values[0] is None:
             return None
-        return torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[-1]), value=value)
+        return torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[-1]))
                           if v.dim() == 3 else v for v in values])
 
     prompts = (torch.cat([p.prompts for p in parts]) if isinstance(parts[0].prompts, Tensor)
                else [ex for p in parts for ex in p.prompts])
     table = {k: torch.cat([p.table[k] for p in parts]) for k in parts[0].table}
-    return Scored(prompts, prepare(prompts), cat("responses", pad_id), cat("response_mask"),
+    return Scored(prompts, prepare(prompts), cat("responses"), cat("response_mask"),
                   cat("rewards"), table, cat("truncated"), cat("logp"))

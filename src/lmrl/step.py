@@ -155,8 +155,7 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
     stats: dict[str, float] = {}
     if tr.dynamic_sampling:
         scored, stats = dynamic_sampling.fill(lambda: sample_scored(state, task, cfg, clock),
-                                              tr.B, tr.max_sample_rounds, policy.prepare,
-                                              getattr(policy, "pad_id", 0))  # toy: never pads
+                                              tr.B, tr.max_sample_rounds, policy.prepare)
     else:
         scored = sample_scored(state, task, cfg, clock)
     with clock("reward"):
