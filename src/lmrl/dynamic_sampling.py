@@ -89,10 +89,10 @@ def select(scored: Scored, rows: Tensor) -> Scored:
 def concatenate(parts: list[Scored], prepare: Callable) -> Scored:
     """One batch of the parts' groups, in order. Per-token tensors are right-padded with 0 to
     the longest T: masked, and a causal LM's log-prob of a token does not depend on the tokens
-    after it, so any id may stand there (the policy's own pad id is none of the step's
-    business: it asks a policy only for the protocol's members). The prompts
-    are prepared again as one batch (a causal LM left-pads them to the longest prompt, which
-    moves no log-prob: positions count real tokens only)."""
+    after it, so any id may stand there (the step asks a policy only for the protocol's
+    members, not its pad id). The prompts are prepared again as one batch (a causal LM
+    left-pads them to the longest prompt, which moves no log-prob: positions count real
+    tokens only)."""
     T = max(p.responses.shape[-1] for p in parts)
 
     def cat(name: str) -> Tensor | None:
