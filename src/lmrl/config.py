@@ -15,7 +15,7 @@ import tyro
 
 from lmrl.baselines import BASELINES
 from lmrl.critic import CRITICS
-from lmrl.deltas import DELTAS
+from lmrl.deltas import DELTAS, GROUP_BASELINE
 from lmrl.errors import ConfigError  # noqa: F401  (re-exported)
 from lmrl.logging import LOGGERS, sink_names
 from lmrl.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, RATIO_LEVELS
@@ -278,6 +278,13 @@ class TrainConfig:
     """Clip the gradient norm to this value; 0 disables."""
     grad_accum: int = 1
     """Split each step's prompts into this many micro-batches (same objective, less memory)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop the groups whose rewards are all equal (no gradient under a
+    group baseline) and sample B more prompts until B groups are kept or max_sample_rounds
+    batches were sampled; the step then trains on the kept groups (all B, or fewer)."""
+    max_sample_rounds: int = 3
+    """With dynamic_sampling: at most this many batches of B prompts are sampled per step
+    (verl's max_num_gen_batches)."""
     fsdp: bool = False
     """Shard a causal LM's weights, gradients and optimizer state over the processes (FSDP2,
     with --nproc N >= 2), and the reference policy's weights too: for models that do not fit
@@ -425,6 +432,8 @@ def _reject_ignored(cfg: Config) -> None:
           for name, baseline in BASELINES.items()],
         (p.init != "scaled", "policy", ("init_scale",), "only init=scaled scales the weights"),
         (tr.schedule == "constant", "train", ("min_lr_frac",), "a constant schedule never decays"),
+        (not tr.dynamic_sampling, "train", ("max_sample_rounds",),
+         "only dynamic_sampling samples more than one batch per step"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
          "they shape the toy model, and model is a causal LM"),
         (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
@@ -510,6 +519,7 @@ def validate(cfg: Config) -> None:
         _choice("log", "logger", name, LOGGERS)
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     _check_critic(cfg)
+    _check_dynamic_sampling(cfg)
     learned = "/".join(BASELINES)
     if tr.G < 2 and DELTAS[a.delta].needs_group and a.critic == "none":
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
@@ -555,6 +565,25 @@ def validate(cfg: Config) -> None:
     _check_fsdp(cfg)
     if tr.B % tr.grad_accum:
         raise ConfigError(f"train.B={tr.B} is not divisible by train.grad_accum={tr.grad_accum}")
+
+
+def _check_dynamic_sampling(cfg: Config) -> None:
+    """Dropping flat groups is right only where a flat group carries no signal: under a group
+    baseline, without a critic (whose advantages of a flat group are not 0)."""
+    a, tr = cfg.algo, cfg.train
+    if not tr.dynamic_sampling:
+        return
+    if tr.max_sample_rounds < 1:
+        raise ConfigError(f"train.max_sample_rounds={tr.max_sample_rounds} must be >= 1")
+    if a.critic != "none":
+        raise ConfigError(f"train.dynamic_sampling with algo.critic={a.critic}: the critic's "
+                          "advantages of a flat group are not 0, so dropping it loses signal; "
+                          "drop --dynamic-sampling or --critic")
+    if not DELTAS[a.delta].needs_group:
+        grouped = "/".join(sorted(GROUP_BASELINE))
+        raise ConfigError(f"train.dynamic_sampling with delta={a.delta}: it has no group baseline, "
+                          "so a group whose rewards are all equal still has Δ != 0; use a group "
+                          f"baseline ({grouped}) or drop --dynamic-sampling")
 
 
 def _check_critic(cfg: Config) -> None:
@@ -743,6 +772,9 @@ def describe(cfg: Config) -> str:
         f"batch: B={cfg.train.B} prompts × G={cfg.train.G} samples, {cfg.train.steps} steps, "
         f"lr={cfg.lr} ({cfg.train.schedule}, {cfg.train.warmup_steps} warm-up steps), "
         f"grad clip {cfg.train.grad_clip or 'off'}, {cfg.train.grad_accum} micro-batch(es)",
+        *([f"dynamic sampling: groups whose rewards are all equal are dropped and refilled from "
+           f"up to {cfg.train.max_sample_rounds} batches of B prompts per step"]
+          if cfg.train.dynamic_sampling else []),
         *(["sharding: FSDP2, the policy's and the reference's weights, gradients and optimizer "
            "state split over the processes; transformers' forward"] if cfg.train.fsdp else []),
     ])

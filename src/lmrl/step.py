@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lmrl import distributed
+from lmrl import distributed, dynamic_sampling
 from lmrl.config import AlgoConfig, Config
 from lmrl.critic import critic_pass, fill_advantages, value_share
 from lmrl.deltas import DELTAS, compute_deltas
+from lmrl.dynamic_sampling import Scored
 from lmrl.errors import RewardError
 from lmrl.losses import (
     KL_ESTIMATORS,
@@ -60,7 +61,7 @@ class Batch:
     truncated: Tensor | None = None  # (B, G), a causal LM's responses that hit the token budget
     values_old: Tensor | None = None  # (B, G, T), the critic's V(s_t) at collection
     returns: Tensor | None = None  # (B, G, T), GAE's returns: the critic's targets
-    stats: dict[str, float] = field(default_factory=dict)  # the critic's collect-time metrics
+    stats: dict[str, float] = field(default_factory=dict)  # collect's: critic, dynamic sampling
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
@@ -148,8 +149,36 @@ def gathered(batch: Batch) -> Batch:
 
 def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None) -> Batch:
     """Sample B prompts and G responses to each, score them, and fix Δ and the reference's
-    log-probs: the batch that the step's μ updates learn from."""
+    log-probs: the batch that the step's μ updates learn from. With dynamic sampling, the
+    batch is the varied groups of up to max_sample_rounds such samples (dynamic_sampling.py)."""
     tr, policy, clock = cfg.train, state.policy, clock or Stopwatch()
+    stats: dict[str, float] = {}
+    if tr.dynamic_sampling:
+        scored, stats = dynamic_sampling.fill(lambda: sample_scored(state, task, cfg, clock),
+                                              tr.B, tr.max_sample_rounds, policy.prepare)
+    else:
+        scored = sample_scored(state, task, cfg, clock)
+    with clock("reward"):
+        # With a critic, Δ are its per-token advantages, filled in below (fill_advantages).
+        delta = (deltas_of(state, cfg, scored.prompts, scored.rewards) if cfg.algo.critic == "none"
+                 else torch.zeros_like(scored.rewards))  # (B, G)
+    batch = Batch(scored.inputs, scored.responses, scored.response_mask, delta, None,
+                  scored.rewards, scored.table, scored.truncated, stats=stats)
+    with clock("ref"):
+        if state.reference is not None:  # per micro-batch: the logits are the memory peak
+            batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
+                                                                 mb.response_mask)
+                                        for mb in batch.split(tr.grad_accum)])
+    if state.critic is not None:
+        with clock("critic"):  # Δ becomes the critic's per-token advantages
+            batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum, scored.logp)
+    return batch
+
+
+def sample_scored(state: TrainState, task, cfg: Config, clock: Stopwatch) -> Scored:
+    """B fresh prompts from the run's generator, G responses to each, and their rewards
+    (B, G): this rank's share B' of them with several ranks."""
+    tr, policy = cfg.train, state.policy
     with clock("sample"):
         # Every rank draws the same B prompts; with several ranks each keeps its share, B'.
         prompts = task.sample_prompts(tr.B, state.generator)  # (B, n) or B examples
@@ -170,24 +199,11 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
         unscored_ok = getattr(task, "may_leave_unscored", False)
         if bool((rewards.isinf() | (rewards.isnan() & (not unscored_ok))).any()):
             raise RewardError(f"the task returned non-finite rewards {rewards.flatten().tolist()}")
-        # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
-        # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
-        rewards = rewards.to(torch.float32)
-        # With a critic, Δ are its per-token advantages, filled in below (fill_advantages).
-        delta = (deltas_of(state, cfg, prompts, rewards) if cfg.algo.critic == "none"
-                 else torch.zeros_like(rewards))  # (B, G)
-    batch = Batch(inputs, rollout.responses, rollout.response_mask, delta, None, rewards, table,
-                  getattr(rollout, "truncated", None))
-    with clock("ref"):
-        if state.reference is not None:  # per micro-batch: the logits are the memory peak
-            batch.logp_ref = torch.cat([state.reference.logprobs(mb.prompts, mb.responses,
-                                                                 mb.response_mask)
-                                        for mb in batch.split(tr.grad_accum)])
-    if state.critic is not None:
-        with clock("critic"):  # Δ becomes the critic's per-token advantages
-            batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum,
-                                          getattr(rollout, "logp", None))
-    return batch
+    # Text tasks score in float64 (a reward of 1e39 is finite there); the loss is float32,
+    # and a Δ that overflows it gives a non-finite loss, whose update is skipped and counted.
+    return Scored(prompts, inputs, rollout.responses, rollout.response_mask,
+                  rewards.to(torch.float32), table, getattr(rollout, "truncated", None),
+                  getattr(rollout, "logp", None))
 
 
 def deltas_of(state: TrainState, cfg: Config, prompts, rewards: Tensor) -> Tensor:
@@ -402,7 +418,8 @@ def grad_clip(state: TrainState, max_norm: float) -> float:
 @torch.no_grad()
 def reward_metrics(batch: Batch, task) -> dict[str, float]:
     """What the sampled batch scored: the training reward, each reward function's mean,
-    correctness, and (for text) truncation and length."""
+    correctness, and (for text) truncation and length. With dynamic sampling, the final batch
+    (the kept groups), not every group sampled: train/kept_group_frac says how many varied."""
     rewards, table = batch.rewards, batch.table  # (B, G), {name: (B, G)}
     flat = rewards.amax(dim=-1) == rewards.amin(dim=-1)
     out = {

@@ -147,6 +147,9 @@ def check_data_parallel(cfg: Config) -> None:
         raise ConfigError(f"algo.critic={cfg.algo.critic} runs on one process for now (the "
                           "critic's gradients and the advantage whitening are not pooled over "
                           "ranks); drop --nproc")
+    if cfg.train.dynamic_sampling and distributed.world() > 1:
+        raise ConfigError("train.dynamic_sampling runs on one process for now (ranks would keep "
+                          "different numbers of groups); drop --nproc or --dynamic-sampling")
     if cfg.train.fsdp and distributed.world() == 1:
         raise ConfigError("train.fsdp shards the model over several processes, and this is one; "
                           "launch with --nproc N (N >= 2) or torchrun, or drop --fsdp")
