@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import CountingPolicy, config_from  # tests/helpers.py
 
 from lmrl import distributed
 from lmrl.cli import main
@@ -29,38 +30,9 @@ ALL_FLAT = {"task": {"reward": "exact_match"}, "policy": {"init": "lecture"},
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cfg_of(base: dict, **groups) -> Config:
-    merged = {k: dict(v) for k, v in base.items()}
-    for k, v in groups.items():
-        merged.setdefault(k, {}).update(v)
-    return Config().replace(**merged)
-
-
-class CountingSampler(torch.nn.Module):
-    """Wraps a policy and counts its sample calls (one per round)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.samples = inner, 0
-
-    def prepare(self, prompts):
-        return self.inner.prepare(prompts)
-
-    @property
-    def token_budget(self):
-        return self.inner.token_budget
-
-    def sample(self, *a, **k):
-        self.samples += 1
-        return self.inner.sample(*a, **k)
-
-    def logprobs(self, *a, **k):
-        return self.inner.logprobs(*a, **k)
-
-
 def counted_collect(cfg: Config):
     state = build_state(cfg)
-    state.policy = CountingSampler(state.policy)
+    state.policy = CountingPolicy(state.policy)
     return collect(state, build_task(cfg), cfg), state.policy.samples
 
 
@@ -90,7 +62,7 @@ def test_fill_keeps_the_first_b_varied_groups_in_order():
 
 
 def test_flat_groups_are_dropped_and_the_batch_refilled_to_b():
-    cfg = cfg_of(SPARSE)
+    cfg = config_from(SPARSE)
     plain = collect(build_state(cfg), build_task(cfg), cfg.replace(
         train={"dynamic_sampling": False, "max_sample_rounds": 3}))
     assert not bool(varied(plain.rewards).all()), "the first batch must have flat groups"
@@ -107,7 +79,7 @@ def test_flat_groups_are_dropped_and_the_batch_refilled_to_b():
 def test_the_rounds_stop_at_max_sample_rounds_with_fewer_groups():
     """One round: the first batch's varied groups only, the same batch collect draws without
     dynamic sampling (the same generator)."""
-    cfg = cfg_of(SPARSE, train={"max_sample_rounds": 1})
+    cfg = config_from(SPARSE, train={"max_sample_rounds": 1})
     plain = collect(build_state(cfg), build_task(cfg), cfg.replace(
         train={"dynamic_sampling": False, "max_sample_rounds": 3}))
     rows = varied(plain.rewards)
@@ -120,7 +92,7 @@ def test_the_rounds_stop_at_max_sample_rounds_with_fewer_groups():
 
 
 def test_when_no_group_varies_the_last_batch_is_trained_as_it_is():
-    cfg = cfg_of(ALL_FLAT)
+    cfg = config_from(ALL_FLAT)
     batch, samples = counted_collect(cfg)
     assert samples == 2 and batch.stats["train/sample_rounds"] == 2
     assert batch.stats["train/kept_group_frac"] == 0.0
@@ -133,7 +105,7 @@ def test_when_no_group_varies_the_last_batch_is_trained_as_it_is():
 
 
 def test_the_same_seed_gives_the_same_run():
-    cfg = cfg_of(SPARSE, train={"steps": 3})
+    cfg = config_from(SPARSE, train={"steps": 3})
 
     def run() -> tuple[list[dict], list[torch.Tensor]]:
         state, task = build_state(cfg), build_task(cfg)
@@ -149,7 +121,7 @@ def test_the_same_seed_gives_the_same_run():
 def test_a_short_toy_run_updates_every_group(tmp_path):
     """Without a KL term the update skips groups whose Δ are all 0 (updated_group_frac < 1 with
     flat groups); dynamic sampling leaves none."""
-    cfg = cfg_of(SPARSE, algo={"kl_weight": 0.0},
+    cfg = config_from(SPARSE, algo={"kl_weight": 0.0},
                  log={"run_dir": str(tmp_path / "run"), "eval_every": 20, "progress": False})
     from lmrl.trainer import train
     train(cfg, verbose=False)

@@ -4,6 +4,7 @@ the step as its two seams, collect and update."""
 
 import pytest
 import torch
+from helpers import CountingPolicy, config_from  # tests/helpers.py
 
 from lmrl import checkpoint
 from lmrl.config import Config
@@ -17,32 +18,7 @@ SMALL = {"task": {"n": 4, "V": 6, "heldout_size": 100},
 
 
 def small_cfg(**groups) -> Config:
-    merged = {k: dict(v) for k, v in SMALL.items()}
-    for k, v in groups.items():
-        merged.setdefault(k, {}).update(v)
-    return Config().replace(**merged)
-
-
-class CountingPolicy(torch.nn.Module):
-    """Wraps a policy and counts log-prob passes."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-
-    def prepare(self, prompts):
-        return self.inner.prepare(prompts)
-
-    @property
-    def token_budget(self):
-        return self.inner.token_budget
-
-    def sample(self, *a, **k):
-        return self.inner.sample(*a, **k)
-
-    def logprobs(self, *a, **k):
-        self.calls += 1
-        return self.inner.logprobs(*a, **k)
+    return config_from(SMALL, **groups)
 
 
 @pytest.mark.parametrize("mu", [1, 3])
