@@ -261,7 +261,7 @@ def test_conversational_data_with_a_chat_template_end_to_end(tmp_path, rewards, 
     main(["sft", "--model", model, "--out", str(tmp_path / "sft"), "--steps", "2",
           "--batch-size", "4", "--eval-every", "2", "--eval-examples", "4", "--no-progress",
           *task])
-    summary = train_one_step(str(tmp_path / "sft"), tmp_path / "run", rewards, *task[2:])
+    summary = train_one_step(str(tmp_path / "sft"), tmp_path / "run", rewards, *task[2:-2])
     assert summary["steps"] == 1
     capsys.readouterr()
     main(["eval", "--run", str(tmp_path / "run"), "--show", "1"])
