@@ -195,3 +195,20 @@ def test_ab_step_runs_two_variants_interleaved(tmp_path):
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all("step " in line and "updated groups" in line
                                    for line in lines[1:])
+
+
+def test_lm_deltas_table_reads_each_runs_evaluations(tmp_path):
+    import lm_deltas
+
+    rows = [{"label": "GRPO (32x16)", "evals": [[0, 0.34], [50, 0.86], [100, 0.975]],
+             "last3": 0.9, "first_step_095": 100, "first_seconds_095": 120.4,
+             "wall_seconds": 130.0},
+            {"label": "naive R (512x1)", "evals": [[0, 0.34], [10, 0.3]], "last3": 0.32,
+             "first_step_095": None, "first_seconds_095": None, "wall_seconds": 20.0}]
+    path = tmp_path / "lm_deltas.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = lm_deltas.report(path).splitlines()
+    assert table[2] == "| GRPO (32x16) | 0.340 / 0.860 / 0.975 | 0.900 | 100 (120 s) | 130 |"
+    assert table[3] == "| naive R (512x1) | 0.340 / nan / 0.300 | 0.320 | never | 20 |"
+    assert (tmp_path / "lm_deltas.md").read_text().splitlines() == table
+    assert set(lm_deltas.METHODS) >= {"GRPO (normalized, 32x16)", "PPO, separate critic (512x1)"}
