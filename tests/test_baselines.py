@@ -250,6 +250,18 @@ def test_g1_run_with_a_value_baseline_learns_and_beats_no_baseline(tmp_path):
     assert summary["eval/exact_match"] > raw["eval/exact_match"] + 0.2
 
 
+def test_toy_ppo_learns_in_seconds(tmp_path):
+    """The toy task's PPO: Δ = R − V(S) from the learned value baseline, the clipped loss and
+    μ = 4 updates per batch, G = 1. Measured: held-out exact match 0.915 after 200 steps (3.5 s)
+    against 0.76 with μ = 1, from 0.0."""
+    cfg = toy(tmp_path, "ppo", "value", steps=200).replace(algo={"loss": "clipped", "mu": 4})
+    summary = train(cfg, verbose=False)
+    rows = read_metrics(tmp_path / "ppo")
+    assert rows[0]["eval/exact_match"] < 0.1 and summary["eval/exact_match"] > 0.8
+    clipped = [r["loss/clip_frac_low"] + r["loss/clip_frac_high"] for r in rows if "loss/pg" in r]
+    assert max(clipped) > 0  # the later of the μ passes do leave the trust region
+
+
 @pytest.mark.parametrize("delta", ["value", "running_mean"])
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path, delta):
     """A copy of a 10-step run cut back to its step-4 checkpoint and resumed repeats steps
