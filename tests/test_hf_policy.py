@@ -184,6 +184,22 @@ def test_response_mask_covers_up_to_and_including_eos(policy):
         assert text == policy.tokenizer.decode(kept)
 
 
+def test_min_new_tokens_keeps_eos_out_of_the_first_tokens_and_logp_the_policys(policy):
+    """EOS is never chosen before min_new_tokens (at temperature 2 it would be, often: see the
+    test above), and the stored logp is π's own, what logprobs recomputes."""
+    policy.min_new_tokens = 5
+    try:
+        rollout = policy.sample(PROMPTS * 4, 8, generator=torch.Generator().manual_seed(5),
+                                temperature=2.0)
+    finally:
+        policy.min_new_tokens = 0
+    assert not (rollout.responses[..., :5] == EOS).any()
+    assert (rollout.response_mask[..., :5] == 1).all()
+    assert (rollout.responses[..., 5:] == EOS).any()  # allowed again after
+    whole, _ = policy.logprobs(PROMPTS * 4, rollout.responses, rollout.response_mask)
+    torch.testing.assert_close(rollout.logp, whole, atol=1e-5, rtol=0)
+
+
 def test_top_k_and_top_p_keep_only_the_head_of_the_distribution():
     logits = torch.tensor([[0.0, 3.0, 2.0, -1.0]]).expand(500, 4)
     g = torch.Generator().manual_seed(0)

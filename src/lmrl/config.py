@@ -123,6 +123,10 @@ class PolicyConfig:
     directory (lmrl init-model / lmrl sft / save_pretrained output) or a hub name."""
     max_new_tokens: int = 0
     """Completion budget in tokens (0 = the task's own budget). Causal LMs only."""
+    min_new_tokens: int = 0
+    """EOS cannot be sampled before this many tokens (transformers' min_new_tokens, vLLM's
+    min_tokens): fixed-length rollouts for benchmarks. Log-probs stay the policy's own, so
+    with it the sampler is not exactly π (the importance ratio does not correct that)."""
     temperature: float = 1.0
     """Sampling temperature of training rollouts; log-probs use the same temperature, so the
     policy being optimised is the one that samples. Causal LMs only."""
@@ -436,9 +440,9 @@ def _reject_ignored(cfg: Config) -> None:
          "only dynamic_sampling samples more than one batch per step"),
         (not cfg.is_toy, "policy", ("dim", "hidden", "init", "init_scale", "symmetric_init"),
          "they shape the toy model, and model is a causal LM"),
-        (cfg.is_toy, "policy", ("max_new_tokens", "temperature", "top_k", "top_p", "stop",
-                                "dtype", "device", "trust_remote_code", "attn_implementation",
-                                "forward", "compile", "lora_r"),
+        (cfg.is_toy, "policy", ("max_new_tokens", "min_new_tokens", "temperature", "top_k",
+                                "top_p", "stop", "dtype", "device", "trust_remote_code",
+                                "attn_implementation", "forward", "compile", "lora_r"),
          "they configure a causal LM, and model=toy"),
         (p.lora_r == 0, "policy", ("lora_alpha", "lora_dropout", "lora_target_modules"),
          "LoRA is off: lora_r=0"),
@@ -557,6 +561,9 @@ def validate(cfg: Config) -> None:
                           f"(0, 1], top_k={p.top_k} and max_new_tokens={p.max_new_tokens} >= 0")
     if lg.eval_limit < 0 or lg.log_samples < 0 or (t.heldout_size or 1) < 1:
         raise ConfigError("log.eval_limit and log.log_samples must be >= 0, task.heldout_size >= 1")
+    if p.min_new_tokens < 0 or (p.max_new_tokens and p.min_new_tokens > p.max_new_tokens):
+        raise ConfigError(f"policy.min_new_tokens={p.min_new_tokens} must be between 0 and "
+                          f"max_new_tokens={p.max_new_tokens}")
     if lg.resume and lg.overwrite:
         raise ConfigError("log.resume and log.overwrite contradict each other; pass one of them")
     _check_ranges(cfg)
@@ -817,4 +824,6 @@ def _describe_policy(cfg: Config) -> str:
                 "apply adapters)")
     return (f"policy: {p.model} (causal LM, dtype {p.dtype}, device {p.device}); sampling "
             f"temperature={p.temperature} top_k={p.top_k} top_p={p.top_p} "
-            f"max_new_tokens={budget} stop={list(p.stop)}{lora}")
+            f"max_new_tokens={budget}"
+            f"{f' min_new_tokens={p.min_new_tokens}' if p.min_new_tokens else ''} "
+            f"stop={list(p.stop)}{lora}")

@@ -214,10 +214,11 @@ class HFPolicy(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, max_new_tokens: int = 64, top_k: int = 0,
                  top_p: float = 1.0, temperature: float = 1.0, stop: Sequence[str] = (),
                  add_special_tokens: bool = True, autocast: torch.dtype | None = None,
-                 forward: str = "auto", compile: bool = False) -> None:
+                 forward: str = "auto", compile: bool = False, min_new_tokens: int = 0) -> None:
         super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.top_k, self.top_p = max_new_tokens, top_k, top_p
+        self.min_new_tokens = min_new_tokens
         self.temperature, self.stop = temperature, tuple(stop)
         # Log-prob passes run each prompt once per group and share its KV cache (set False to
         # run every row's prompt, e.g. for models whose cache cannot be repeated).
@@ -456,7 +457,10 @@ class HFPolicy(nn.Module):
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
         tokens, logps, alive = [], [], []
         for t in range(max_new):
-            token = choose_tokens(logits, scale, top_k, top_p, generator,
+            # Before min_new_tokens EOS is masked for the choice only: logp stays π's own.
+            allowed = logits if t >= self.min_new_tokens else \
+                logits.index_fill(-1, self.eos_ids, float("-inf"))
+            token = choose_tokens(allowed, scale, top_k, top_p, generator,
                                   None if rows is None else noise_rows)  # (N,)
             logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
             alive.append(~done)
