@@ -5,6 +5,7 @@ layer's prompt-value gradient, see policies/hf.py `compiled`), and a deep copy (
 policy) scores with its own weights. Compiling takes ~10-30 s per graph on these machines."""
 
 import copy
+import json
 
 import pytest
 
@@ -125,3 +126,21 @@ def test_compiled_bf16_autocast_is_as_close_to_float32_as_eager_autocast(tmp_pat
         rel_eager = (g_eager[name] - want).norm() / scale
         rel_fast = (g_fast[name] - want).norm() / scale
         assert rel_fast <= 2 * rel_eager + 0.05, (name, float(rel_fast), float(rel_eager))
+
+
+@pytest.mark.slow  # torch.compile: ~20-40 s of compiling
+def test_a_compiled_run_logs_compiled_steps_and_records_its_compile_cost(tmp_path, capsys):
+    from lmrl import compiling
+    from lmrl.cli import main
+
+    task = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "10"]
+    main(["init-model", "--out", str(tmp_path / "m"), "--hidden-size", "16", "--layers", "1",
+          "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "4", "--B", "2", "--G", "2", "--eval-limit", "4", "--no-progress",
+          "--threads", "1", "--compile", *task])
+    assert "compile: on (policy.compile)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [1.0] * 4
+    (record,) = compiling.load_records(compiling.cache_root()).values()
+    assert record["cold_seconds"] > 0 and record["compiled_step"] > 0

@@ -116,7 +116,7 @@ def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
         if p.lora_r else None
     return HFPolicy.from_pretrained(
         p.model, dtype=p.dtype, device=p.device, trust_remote_code=p.trust_remote_code,
-        attn_implementation=p.attn_implementation, forward=p.forward, compile=p.compile,
+        attn_implementation=p.attn_implementation, forward=p.forward, compile=p.compile == "on",
         max_new_tokens=p.max_new_tokens or max_new_tokens, min_new_tokens=p.min_new_tokens,
         temperature=p.temperature,
         top_k=p.top_k, top_p=p.top_p, stop=p.stop, lora=lora, seed=cfg.train.seed)

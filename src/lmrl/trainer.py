@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmrl import checkpoint, config_files, distributed, files
+from lmrl import checkpoint, compiling, config_files, distributed, files
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
@@ -199,10 +199,19 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
+    plan = None
+    if not cfg.is_toy:
+        plan = compiling.plan(cfg.policy.compile, state.policy, cfg.train.B, cfg.train.G)
+        say(plan.start(cfg.train.steps - state.step, compiling.unsupported(state.policy)))
+        compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
+    if plan is not None and plan.on is not None:
+        compiling.apply(state, agreed(plan.on))
     with StopSignals() as stop:
-        last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
+        last_eval = run_loop(state, task, cfg, run_dir, stop, verbose, plan)
+    if plan is not None and main:
+        plan.finish()
     summary = finish(state, task, cfg, run_dir, last_eval)  # every rank: it saves
     if not main:
         return {"steps": state.step, "rank": distributed.rank()}
@@ -219,8 +228,13 @@ def describe_checkpoints(cfg: Config) -> str:
             f"newest {lg.keep_checkpoints} kept")
 
 
+def agreed(on: bool) -> bool:
+    """Every rank compiles if any does (ranks must run the same passes)."""
+    return bool(distributed.all_reduce([float(on)], "max")[0])
+
+
 def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSignals,
-             verbose: bool) -> dict[str, float]:
+             verbose: bool, plan: "compiling.CompilePlan | None" = None) -> dict[str, float]:
     """The visible outer loop; returns the last held-out evaluation. With several ranks, every
     rank runs the steps and rank 0 alone evaluates (every rank with a sharded model), logs and
     writes checkpoints."""
@@ -251,6 +265,14 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             state.wall_seconds = base_wall + elapsed
             check_skips(state, cfg, metrics)
             watch.check(state.step, metrics)
+            if plan is not None:
+                decided = plan.after_step(metrics["time/step_seconds"],
+                                          cfg.train.steps - state.step)
+                if decided is not None:
+                    compiling.apply(state, agreed(bool(plan.on)))
+                    if verbose and main:
+                        tqdm.write(decided)
+                metrics["time/compiled"] = float(plan.last_compiled)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
             if evaluates(cfg) and (state.step % cfg.log.eval_every == 0
                                    or state.step == cfg.train.steps or out_of_time):

@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from lmrl import distributed, files
+from lmrl.compiling import use_disk_cache
 from lmrl.errors import ConfigError
 from lmrl.policies.base import Rollout, entropy_from_logits
 from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
@@ -182,7 +183,8 @@ def compiled(fn):
 
     inplace_buffers off: with it, inductor (torch 2.13, CPU) writes a wrong gradient for the
     first layer's prompt values in the shared-prompt pass (tests/test_compile.py compares the
-    compiled gradients with eager ones)."""
+    compiled gradients with eager ones). The graphs go to lmrl's disk cache (compiling.py)."""
+    use_disk_cache()
     return torch.compile(fn, options={"inplace_buffers": False})
 
 
