@@ -197,9 +197,9 @@ def unsupported(policy) -> str | None:
     return None
 
 
-def apply(state, on: bool) -> None:
-    """Switch compiling on or off for the policy and the reference copy of it (the next pass
-    uses it: HFPolicy reads `compile` at every call)."""
-    for policy in (state.policy, getattr(state.reference, "model", None)):
+def apply(state, on: bool, *copies) -> None:
+    """Switch compiling on or off for the policy, the reference copy of it and other copies
+    (async rollouts' sampler): the next pass uses it (HFPolicy reads `compile` at every call)."""
+    for policy in (state.policy, getattr(state.reference, "model", None), *copies):
         if getattr(policy, "lean", None) is not None:
             policy.compile = on

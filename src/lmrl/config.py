@@ -296,6 +296,10 @@ class TrainConfig:
     """DAPO's dynamic sampling: drop the groups whose rewards are all equal (no gradient under a
     group baseline) and sample B more prompts until B groups are kept or max_sample_rounds
     batches were sampled; the step then trains on the kept groups (all B, or fewer)."""
+    async_rollouts: bool = False
+    """Sample the next step's rollouts while this step updates (a background thread and a copy
+    of the policy one update behind); the ratio to the sampler's stored log-probs corrects the
+    lag (train/rollout_lag). Pays when the two overlap on idle cores: async_rollouts.py."""
     max_sample_rounds: int = 3
     """With dynamic_sampling: at most this many batches of B prompts are sampled per step
     (verl's max_num_gen_batches)."""
@@ -535,6 +539,7 @@ def validate(cfg: Config) -> None:
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     _check_critic(cfg)
     _check_dynamic_sampling(cfg)
+    _check_async_rollouts(cfg)
     learned = "/".join(BASELINES)
     if tr.G < 2 and DELTAS[a.delta].needs_group and a.critic == "none":
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
@@ -602,6 +607,22 @@ def _check_dynamic_sampling(cfg: Config) -> None:
         raise ConfigError(f"train.dynamic_sampling with delta={a.delta}: it has no group baseline, "
                           "so a group whose rewards are all equal still has Δ != 0; use a group "
                           f"baseline ({grouped}) or drop --dynamic-sampling")
+
+
+def _check_async_rollouts(cfg: Config) -> None:
+    """What the sampling thread would race with: state updated by the step it overlaps."""
+    a, tr = cfg.algo, cfg.train
+    if not tr.async_rollouts:
+        return
+    clash = ("algo.critic (its advantages need the critic the step is training)"
+             if a.critic != "none" else
+             f"delta={a.delta} (its learned baseline is fitted by the step it would overlap)"
+             if DELTAS[a.delta].learned_baseline else
+             "train.dynamic_sampling (its resampling rounds are not overlapped)"
+             if tr.dynamic_sampling else
+             "train.fsdp (every forward is a collective of all ranks)" if tr.fsdp else None)
+    if clash is not None:
+        raise ConfigError(f"train.async_rollouts does not combine with {clash}; drop one")
 
 
 def _check_critic(cfg: Config) -> None:

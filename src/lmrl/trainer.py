@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from lmrl import checkpoint, compiling, config_files, distributed, files
+from lmrl.async_rollouts import RolloutsAhead
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
@@ -147,6 +148,9 @@ def check_data_parallel(cfg: Config) -> None:
         raise ConfigError(f"algo.critic={cfg.algo.critic} runs on one process for now (the "
                           "critic's gradients and the advantage whitening are not pooled over "
                           "ranks); drop --nproc")
+    if cfg.train.async_rollouts and distributed.world() > 1:
+        raise ConfigError("train.async_rollouts runs on one process for now (a sampling thread "
+                          "beside the ranks' collectives); drop --nproc or --async-rollouts")
     if cfg.train.dynamic_sampling and distributed.world() > 1:
         raise ConfigError("train.dynamic_sampling runs on one process for now (ranks would keep "
                           "different numbers of groups); drop --nproc or --dynamic-sampling")
@@ -247,6 +251,10 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
     else:
         logger = sample_log = watch = NoOutput()
     last_eval: dict[str, float] = {}
+    ahead = RolloutsAhead(state, task, cfg) if cfg.train.async_rollouts else None
+    copies = () if ahead is None else (ahead.sampler,)
+    if plan is not None and plan.on:
+        compiling.apply(state, True, *copies)
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress or not main,
                desc="train", dynamic_ncols=True, mininterval=1.0)
@@ -260,7 +268,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             logger.log_samples(0, samples)
         while state.step < cfg.train.steps and stop.signum is None:
             good = Snapshot.of(state)  # step, update count, RNG states: for save_after_failure
-            metrics = grpo_step(state, task, cfg)
+            metrics = grpo_step(state, task, cfg, ahead)
             elapsed = time.perf_counter() - t_start
             state.wall_seconds = base_wall + elapsed
             check_skips(state, cfg, metrics)
@@ -269,7 +277,7 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
                 decided = plan.after_step(metrics["time/step_seconds"],
                                           cfg.train.steps - state.step)
                 if decided is not None:
-                    compiling.apply(state, agreed(bool(plan.on)))
+                    compiling.apply(state, agreed(bool(plan.on)), *copies)
                     if verbose and main:
                         tqdm.write(decided)
                 metrics["time/compiled"] = float(plan.last_compiled)
@@ -300,6 +308,8 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             save_after_failure(state, cfg, run_dir, good)
         raise
     finally:
+        if ahead is not None:
+            ahead.close()
         bar.close()
         logger.close()
         sample_log.close()
