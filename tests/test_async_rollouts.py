@@ -73,7 +73,8 @@ def test_lag_1_samples_with_the_weights_before_the_overlapped_update():
     try:
         first = grpo_step(state, task, cfg, ahead)  # collected now; step 2's batch collected
         theta_0 = [p.detach().clone() for p in ahead.sampler.parameters()]  # during update 1
-        assert any(not torch.equal(a, b) for a, b in zip(theta_0, state.policy.parameters(), strict=True))
+        now = list(state.policy.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(theta_0, now, strict=True))
         batch = ahead.pending.result()
         behind = copy.deepcopy(state.policy)
         with torch.no_grad():
