@@ -17,7 +17,7 @@ from test_lean import model, save  # noqa: E402
 
 from lmrl.config import Config, ConfigError  # noqa: E402
 from lmrl.policies.hf import HFPolicy  # noqa: E402
-from lmrl.policies.lean import LeanCache, StaticCache  # noqa: E402
+from lmrl.policies.lean import BufferPool, LeanCache, StaticCache  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,6 +42,15 @@ def test_compiled_policy_samples_scores_and_differentiates_like_eager(tmp_path):
         b = fast.sample(PROMPTS, G, torch.Generator().manual_seed(0))
         assert torch.equal(a.responses, b.responses) and torch.equal(a.truncated, b.truncated)
         assert torch.allclose(a.logp, b.logp, atol=1e-5)
+    # The cache's buffers are reused: a rollout after one that filled them all (no EOS before
+    # the budget) is the one a fresh cache gives (eager's), though it stops earlier.
+    fast.min_new_tokens = 6
+    assert fast.sample(PROMPTS, 4, torch.Generator().manual_seed(5)).response_mask.all()
+    fast.min_new_tokens = 0
+    a = eager.sample(PROMPTS[::-1], 4, torch.Generator().manual_seed(6))
+    b = fast.sample(PROMPTS[::-1], 4, torch.Generator().manual_seed(6))
+    assert not a.response_mask.all() and torch.equal(a.responses, b.responses)
+    assert torch.allclose(a.logp, b.logp, atol=1e-5)
     rollout = eager.sample(PROMPTS, 4, torch.Generator().manual_seed(1))
     lp_eager, g_eager = grads(eager, rollout)
     lp_fast, g_fast = grads(fast, rollout)
@@ -74,9 +83,21 @@ def test_static_cache_masks_unwritten_columns_and_prompt_padding():
     static.advance(0)
     static.advance(1)  # own columns 0 and 1 written: visible; 2 and 3 still masked
     assert (static.bias[:, 0, 0, 3:] == 0).tolist() == [[True, True, False, False]] * 4
-    static.update(0, torch.ones(4, 1, 1, 4), torch.ones(4, 1, 1, 4))
+    keys, values = static.update(0, torch.ones(4, 1, 1, 4), torch.ones(4, 1, 1, 4))
     assert torch.equal(static.keys[0][:, :, 1], torch.ones(4, 1, 4))
-    assert static.keys[0][:, :, [0, 2, 3]].abs().sum() == 0
+    assert keys.shape == values.shape == (4, 1, 2, 4)  # attention reads the written columns only
+    assert keys.data_ptr() == static.keys[0].data_ptr()  # a view of the buffer, not a copy
+    assert static.visible_bias().shape == (4, 1, 1, 5)
+
+
+def test_a_buffer_pool_reuses_buffers_of_the_same_shape_and_copies_start_empty():
+    pool = BufferPool()
+    first = pool.take((2, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    again = pool.take((2, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    assert [b.data_ptr() for b in first] == [b.data_ptr() for b in again]
+    other = pool.take((3, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    assert other[0].shape == (3, 1, 8, 4)
+    assert copy.deepcopy(pool).key is None
 
 
 def test_compile_needs_lmrls_forward(tmp_path):
