@@ -77,17 +77,20 @@ def test_static_cache_masks_unwritten_columns_and_prompt_padding():
     cache.batch_repeat_interleave(2)
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]]).repeat_interleave(2, dim=0)
     static = StaticCache(cache, mask, capacity=4, rope=(torch.ones(9, 4), torch.zeros(9, 4)))
-    assert static.keys[0].shape == (4, 1, 4, 4)
-    visible = static.bias[:, 0, 0] == 0  # (N, L + C)
+    assert static.keys[0].shape == (4, 1, 5, 4)  # capacity + 1: the next column is read too
+    visible = static.bias[:, 0, 0] == 0  # (N, L + C + 1)
     assert visible[:, :3].tolist() == mask.bool().tolist() and not visible[:, 3:].any()
     static.advance(0)
-    static.advance(1)  # own columns 0 and 1 written: visible; 2 and 3 still masked
-    assert (static.bias[:, 0, 0, 3:] == 0).tolist() == [[True, True, False, False]] * 4
+    static.advance(1)  # own columns 0 and 1 written: visible; 2, 3 and 4 still masked
+    assert (static.bias[:, 0, 0, 3:] == 0).tolist() == [[True, True, False, False, False]] * 4
     keys, values = static.update(0, torch.ones(4, 1, 1, 4), torch.ones(4, 1, 1, 4))
     assert torch.equal(static.keys[0][:, :, 1], torch.ones(4, 1, 4))
-    assert keys.shape == values.shape == (4, 1, 2, 4)  # attention reads the written columns only
+    # Attention reads the written columns and the next (masked), never a size-1 slice.
+    assert keys.shape == values.shape == (4, 1, 3, 4)
     assert keys.data_ptr() == static.keys[0].data_ptr()  # a view of the buffer, not a copy
-    assert static.visible_bias().shape == (4, 1, 1, 5)
+    assert static.visible_bias().shape == (4, 1, 1, 6)
+    assert (static.visible_bias()[..., -1] == float("-inf")).all()
+    assert torch.isfinite(static.keys[0]).all()  # zeroed at allocation: masked columns are finite
 
 
 def test_a_buffer_pool_reuses_buffers_of_the_same_shape_and_copies_start_empty():

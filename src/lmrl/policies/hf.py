@@ -463,9 +463,13 @@ class HFPolicy(nn.Module):
                                     **{self._cache_kwarg: cache}).logits
         return self._scaled(logits)
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                              enabled=self.autocast is not None)
+    def _autocast(self) -> "torch.autocast | contextlib.nullcontext":
+        """bf16 autocast when set; else no context at all: even a disabled autocast inside a
+        compiled pass makes AOTAutograd bypass its disk cache (torch 2.13), which costs a
+        warm start ~8 s of re-tracing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _scaled(self, logits: Tensor) -> Tensor:
         """At least float32 (bf16 logits would round log-probs; a float64 model stays float64),

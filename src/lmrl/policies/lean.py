@@ -163,7 +163,7 @@ class BufferPool:
         key = (shape, dtype, device, count)
         if key != self.key:
             self.buffers = []  # the old ones are freed before the new ones are made
-            self.buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(count)]
+            self.buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(count)]
             self.key = key
         return self.buffers
 
@@ -174,14 +174,20 @@ class BufferPool:
 class StaticCache:
     """A LeanCache in preallocated buffers for compiled decoding (no grad).
 
-    Each row's own keys and values live in buffers of `capacity` columns, (N, h_kv, C, d),
-    allocated once per rollout; step t writes column t in place (`column` is a tensor) and
-    attends over the first t + 1 columns only, views of the buffers (no copies): `length` is
-    t + 1, which torch.compile treats as a dynamic size after its second value, so one graph
-    serves every step. Attending over all C columns with the unwritten ones masked would read
-    the whole buffer at every step: for a 256-token budget twice the cache traffic of a full
-    rollout, and budget / length times it when completions stop early. `bias`
-    (N, 1, 1, L + C) masks the prompt's padding; the prompt's columns stay the shared prefix.
+    Each row's own keys and values live in buffers of capacity + 1 columns, (N, h_kv, C + 1, d),
+    allocated once and reused by later rollouts of the same shape (`BufferPool`); step t writes
+    column t in place (`column` is a tensor) and attends over the first t + 2 columns, views of
+    the buffers (no copies): the t + 1 written ones and the next, masked by `bias`
+    (N, 1, 1, L + C + 1), which also masks the prompt's padding. Attending over all C columns
+    would read the whole buffer at every step: for a 256-token budget twice the cache traffic
+    of a full rollout, and budget / length times it when completions stop early.
+
+    Why t + 2 and not t + 1: the length is carried as the size of `span`, marked dynamic, so
+    torch.compile makes one graph for every length from the first call; an int would be
+    specialised to its first value and recompiled at the second (a second compile of the
+    decoding graph in every run), and a length of 1 is always specialised (it broadcasts).
+    The extra column is masked, and finite: the buffers are zeroed when allocated and later
+    hold only keys and values. The prompt's columns stay the shared prefix.
     """
 
     def __init__(self, cache: LeanCache, attention_mask: Tensor, capacity: int,
@@ -194,32 +200,34 @@ class StaticCache:
         self.weights, self.rope = cache.weights, rope
         N, self.L = attention_mask.shape
         k = self.prefix[0][0]
-        shape = (N, k.shape[1], capacity, k.shape[3])
+        shape = (N, k.shape[1], capacity + 1, k.shape[3])
         buffers = (pool or BufferPool()).take(shape, k.dtype, k.device, 2 * len(self.prefix))
-        # Unwritten columns are never read (attention sees the first `length`), so buffers
-        # from an earlier rollout need no clearing.
+        # Columns past t + 1 are never read, and column t + 1 is masked: buffers from an
+        # earlier rollout need no clearing.
         self.keys, self.values = buffers[:len(self.prefix)], buffers[len(self.prefix):]
-        visible = torch.cat([attention_mask.bool(), attention_mask.new_zeros(N, capacity).bool()],
-                            dim=1)
+        visible = torch.cat([attention_mask.bool(),
+                             attention_mask.new_zeros(N, capacity + 1).bool()], dim=1)
         self.bias = torch.zeros(visible.shape, dtype=self.keys[0].dtype, device=visible.device
                                 ).masked_fill_(~visible, float("-inf"))[:, None, None]
         self.column = torch.zeros(1, dtype=torch.long, device=visible.device)
-        self.length = 0  # own columns the next step attends over
+        self.span = visible.new_empty(2)  # its size: the own columns the next step reads
 
     def advance(self, t: int) -> None:
         """The next decode step writes and may see own column t."""
         self.column.fill_(t)
-        self.length = t + 1
+        self.span = self.column.new_empty(t + 2)  # written columns and the next (class doc)
+        torch._dynamo.mark_dynamic(self.span, 0)
         self.bias[..., self.L + t] = 0.0
 
     def visible_bias(self) -> Tensor:
         """The mask over the prompt's columns and the own columns written so far."""
-        return self.bias[..., :self.L + self.length]
+        return self.bias[..., :self.L + self.span.shape[0]]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         self.keys[layer].index_copy_(2, self.column, k)
         self.values[layer].index_copy_(2, self.column, v)
-        return self.keys[layer][:, :, :self.length], self.values[layer][:, :, :self.length]
+        n = self.span.shape[0]
+        return self.keys[layer][:, :, :n], self.values[layer][:, :, :n]
 
 
 def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
