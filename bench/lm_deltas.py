@@ -5,6 +5,8 @@ same 512 sampled completions per step (B×G = 32×16, or 512×1 where no group i
 Writes bench/results/lm_deltas.{jsonl,md}: per run the held-out greedy exact match at every
 evaluation, its last-3 mean, the first evaluation at >= 0.95 (step, seconds) and the run's wall
 seconds. The SFT model comes from bench/lm_targets.py's sort5 (give its directory).
+experiments/lm_family.py generalises this: per seed its own SFT start, sort5 and add3, sampled
+tokens, a plot (experiments/README.md, section 9).
 
     .venv/bin/python bench/lm_deltas.py --sft bench/results/runs/sort5_seed0/sft [--steps 100]
     .venv/bin/python bench/lm_deltas.py --report
