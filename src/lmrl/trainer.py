@@ -216,7 +216,12 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     plan = None
     if not cfg.is_toy:
         plan = compiling.plan(cfg.policy.compile, state.policy, cfg.train.B, cfg.train.G)
-        say(plan.start(cfg.train.steps - state.step, compiling.unsupported(state.policy)))
+        line = plan.start(cfg.train.steps - state.step, compiling.unsupported(state.policy))
+        # Ranks must decide at the same step (the decision is a collective): if any has no
+        # record for the shape, every rank times step 1 instead.
+        if plan.setting == "auto" and distributed.world() > 1 and agreed(plan.on is None):
+            plan.on, line = None, "compile: auto -> decided after step 1 on every rank"
+        say(line)
         compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
