@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-# Defaults for a shape never compiled here: the first compiled step of the tiny model costs
-# 40 s more with a cold inductor cache and 7 s warm on the 2-core VM (bench/README.md; 110 s cold
-# while other jobs shared it), and compiled steps were 10-30% faster.
-COLD_SECONDS = 40.0
+# Defaults for a shape never compiled here: the first compiled step of the tiny sort5 model
+# costs 120-150 s more than an eager one with a cold inductor cache and 8-9 s warm on the 2-core
+# VM (bench/README.md, compile_start.py), and compiled steps were 10-30% faster.
+COLD_SECONDS = 120.0
 SAVED_FRACTION = 0.15
 RECORDS = "compile_records.json"
 
