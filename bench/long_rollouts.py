@@ -125,12 +125,32 @@ CHILDREN = {"setup": child_setup, "lmrl": vs_trl.child_lmrl, "trl": vs_trl.child
 
 # --------------------------------------------------------------------------- summary
 
-def stage_flops(m: ModelShape, prompt_len: float, length: float, kl: bool) -> dict[str, float]:
-    """Model FLOPs lmrl executes per stage (each prompt once per group; μ = 1): the log-prob
-    pass's forward and its backward (~2x) are the update's two timed parts."""
-    f = step_flops(m, B, G, prompt_len, [length] * (B * G), kl, shared_prompt=True)
+def stage_flops(m: ModelShape, prompt_len: float, length: float, kl: bool,
+                shared_prompt: bool = True) -> dict[str, float]:
+    """Model FLOPs executed per stage (μ = 1): lmrl's with shared_prompt (each prompt once per
+    group), TRL's without. The log-prob pass's forward and its backward (~2x) are the update's
+    two timed parts."""
+    f = step_flops(m, B, G, prompt_len, [length] * (B * G), kl, shared_prompt=shared_prompt)
     return {"sample": f["sample"], "ref": f["ref"], "logprob": f["update"] / 3,
             "backward": 2 * f["update"] / 3, "update": f["update"], "step": f["total"]}
+
+
+def stage_rows(times: dict[str, list[float]], flops: dict[str, float], median_s: float,
+               params: int, machine: dict) -> dict[str, dict]:
+    """Median seconds per stage (times already past warmup), its share of the step, and its
+    FLOPs' share of the ceiling (the optimizer: its memory traffic's share of the bandwidth)."""
+    out = {}
+    for stage, xs in times.items():
+        seconds = statistics.median(xs)
+        row = {"seconds": seconds, "step_frac": seconds / median_s,
+               "gflop": flops[stage] / 1e9 if stage in flops else None}
+        row["ceiling_frac"] = (flops[stage] / seconds / 1e9 / machine["ceiling_gflops"]
+                               if stage in flops and seconds > 0 else None)
+        if stage == "optimizer" and seconds > 0:  # no matmuls: its memory traffic instead
+            row["gbytes"] = ADAMW_BYTES * params / 1e9
+            row["bandwidth_frac"] = row["gbytes"] / seconds / machine["bandwidth"]["copy"]
+        out[stage] = row
+    return out
 
 
 def sampling_bounds(m: ModelShape, prompt_len: int, length: float, ceiling_gflops: float,
@@ -189,20 +209,18 @@ def summarize(runs: list[dict], lib: str, prep: dict, warmup: int, machine: dict
         out["truncated_frac"] = [r["train/truncated_frac"] for r in m]
         out["updated_group_frac"] = [r["train/updated_group_frac"] for r in m]
         out["flat_group_frac"] = [r["train/flat_group_frac"] for r in m]
-        flops = stage_flops(shape, prep["prompt_len"], mean_len, runs[0]["kl"] > 0)
-        out["stages"] = {}
-        for stage in runs[0]["stages"]:
-            seconds = statistics.median(x for r in runs for x in r["stages"][stage][warmup:])
-            row = {"seconds": seconds, "step_frac": seconds / median_s,
-                   "gflop": flops[stage] / 1e9 if stage in flops else None}
-            row["ceiling_frac"] = (flops[stage] / seconds / 1e9 / ceiling
-                                   if stage in flops and seconds > 0 else None)
-            if stage == "optimizer" and seconds > 0:  # no matmuls: its memory traffic instead
-                row["gbytes"] = ADAMW_BYTES * prep["params"] / 1e9
-                row["bandwidth_frac"] = row["gbytes"] / seconds / bw["copy"]
-            out["stages"][stage] = row
+        times = {stage: [x for r in runs for x in r["stages"][stage][warmup:]]
+                 for stage in runs[0]["stages"]}
     else:
         out["length_range"] = [r["length_range"] for r in runs]
+        # TRL's stages as the child timed them (vs_trl.child_trl's StepTimer), its sampling
+        # (model.generate, inside "prepare") and the step.
+        times = {"sample": sample, **{stage: pooled([r["trl_stages"] for r in runs], stage,
+                                                    warmup)
+                                      for stage in runs[0]["trl_stages"]}, "step": secs}
+    flops = stage_flops(shape, prep["prompt_len"], mean_len, runs[0]["kl"] > 0,
+                        shared_prompt=lib == "lmrl")
+    out["stages"] = stage_rows(times, flops, median_s, prep["params"], machine)
     out["sampling_bound"] = sampling_bounds(shape, prep["prompt_len"], mean_len, ceiling,
                                             bw["read"], shared_prompt=lib == "lmrl")
     out["sampling_bound_frac"] = \
@@ -249,6 +267,17 @@ def lengths_text(r: dict) -> str:
     return f"mean {r['mean_completion_tokens']:g}"
 
 
+def stage_cells(st: dict | None) -> str:
+    """seconds | share of the step | GFLOP | % ceiling (or of the bandwidth)."""
+    if st is None:
+        return " | | | "
+    share = "" if st["ceiling_frac"] is None else f"{100 * st['ceiling_frac']:.0f}%"
+    if "bandwidth_frac" in st:
+        share = f"{100 * st['bandwidth_frac']:.0f}% of bandwidth"
+    gflop = "" if st["gflop"] is None else f"{st['gflop']:.4g}"
+    return f"{st['seconds']:.3f} | {100 * st['step_frac']:.0f}% | {gflop} | {share}"
+
+
 def markdown(report: dict) -> str:
     m, s, mach = report["machine"], report["settings"], report["measured"]
     lines = [
@@ -287,21 +316,25 @@ def markdown(report: dict) -> str:
             lines.append(f"| {cell['size']} | **lmrl / TRL** | {q['median_step_s']:.2f}x | "
                          f"**{q['completions_per_s']:.2f}x** | {q['tokens_per_s']:.2f}x | | "
                          f"{q['sample_tokens_per_s']:.2f}x | | | {q['peak_rss_mb']:.2f}x | | |")
-    staged = [c for c in report["cells"] if c["libs"].get("lmrl", {}).get("stages")]
+    staged = [c for c in report["cells"] if any(r.get("stages") for r in c["libs"].values())]
     if staged:
-        lines += ["", "lmrl's step by stage (median seconds, share of the step, model GFLOP "
-                  "executed, % of the fp32 matmul ceiling; the optimizer: % of the copy "
-                  f"bandwidth at {ADAMW_BYTES} bytes per parameter):", "",
-                  "| model | stage | seconds | share of step | GFLOP | % ceiling |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "The step by stage: median seconds, share of the step, model GFLOP "
+                  "executed (lmrl: each prompt once per group), % of the fp32 matmul ceiling "
+                  f"(the optimizer: % of the copy bandwidth at {ADAMW_BYTES} bytes per "
+                  "parameter). lmrl's `time/*_seconds`; TRL's prepare = its _prepare_inputs "
+                  "(sampling, rewards, advantages), logprob = compute_loss, backward = the rest "
+                  "of training_step, optimizer = clipping + step:", "",
+                  "| model | stage | lmrl s | share | GFLOP | % ceiling | TRL s | share | GFLOP "
+                  "| % ceiling | lmrl / TRL time |", "|---" * 11 + "|"]
         for cell in staged:
-            for name, st in cell["libs"]["lmrl"]["stages"].items():
-                share = ("" if st["ceiling_frac"] is None else f"{100 * st['ceiling_frac']:.0f}%")
-                if "bandwidth_frac" in st:
-                    share = f"{100 * st['bandwidth_frac']:.0f}% of bandwidth"
-                gflop = "" if st["gflop"] is None else f"{st['gflop']:.4g}"
-                lines.append(f"| {cell['size']} | {name} | {st['seconds']:.3f} | "
-                             f"{100 * st['step_frac']:.0f}% | {gflop} | {share} |")
+            libs = [cell["libs"].get(lib, {}).get("stages", {}) for lib in ("lmrl", "trl")]
+            names = list(libs[0]) + [n for n in libs[1] if n not in libs[0]]
+            for name in names:
+                parts = [stage_cells(st.get(name)) for st in libs]
+                both = all(name in st for st in libs) and libs[1][name]["seconds"] > 0
+                ratio = f"{libs[0][name]['seconds'] / libs[1][name]['seconds']:.2f}x" \
+                    if both else ""
+                lines.append(f"| {cell['size']} | {name} | {parts[0]} | {parts[1]} | {ratio} |")
     lines += ["", "Sampling against its bounds (completion tokens/s that B x G completions "
               "cannot exceed: (a) sampling FLOPs at the matmul ceiling, (b) weights once per "
               "forward + keys and values at the read bandwidth (lmrl: a prompt's once per group; "

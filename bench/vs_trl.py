@@ -225,15 +225,50 @@ def child_trl(spec: dict) -> dict:
     reward.__name__ = train_fn.__name__
 
     class StepTimer(TrainerCallback):
+        """Step ends, and each optimizer step's stages in lmrl's terms: prepare (TRL's
+        _prepare_inputs: generation, rewards, advantages), logprob (compute_loss: the forward
+        and the loss), backward (the rest of training_step), optimizer (clipping and the
+        optimizer's step: from the last training_step's end to on_optimizer_step)."""
+
         def __init__(self) -> None:
             self.start: float | None = None
             self.ends: list[float] = []
+            self.stages: dict[str, list[float]] = {
+                k: [] for k in ("prepare", "logprob", "backward", "optimizer")}
+            self.acc = dict.fromkeys(self.stages, 0.0)
+            self.last_micro_end = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = self.start or time.perf_counter()
 
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            self.acc["optimizer"] += time.perf_counter() - self.last_micro_end
+
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            for k, v in self.acc.items():
+                self.stages[k].append(v)
+            self.acc = dict.fromkeys(self.stages, 0.0)
+
+        def wrap(self, obj, name: str, stage: str | None) -> None:
+            """Time obj.name's calls into `stage` (None: a micro-batch's whole training_step,
+            whose time not in prepare or logprob is its backward)."""
+            method = getattr(obj, name)
+
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                before = self.acc["prepare"] + self.acc["logprob"]
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    now = time.perf_counter()
+                    if stage is None:
+                        inner = self.acc["prepare"] + self.acc["logprob"] - before
+                        self.acc["backward"] += now - t0 - inner
+                        self.last_micro_end = now
+                    else:
+                        self.acc[stage] += now - t0
+            setattr(obj, name, timed)
 
     args = GRPOConfig(
         output_dir=str(run_dir / "trl"), max_steps=spec["steps"], seed=spec["seed"],
@@ -262,6 +297,9 @@ def child_trl(spec: dict) -> dict:
         finally:
             generate_seconds.append(time.perf_counter() - t0)
     trainer.model.generate = timed_generate
+    timer.wrap(trainer, "_prepare_inputs", "prepare")
+    timer.wrap(trainer, "compute_loss", "logprob")
+    timer.wrap(trainer, "training_step", None)
     trainer.train()
     peak = peak_rss_mb()
     model = trainer.model  # the Trainer turns checkpointing on in train(), so look after it
@@ -274,6 +312,7 @@ def child_trl(spec: dict) -> dict:
     return {"step_seconds": intervals(timer.start, timer.ends), "peak_rss_mb": peak,
             "tokens": [s[0] for s in seen], "train_reward": [s[1] for s in seen],
             "length_range": [s[2:] for s in seen], "generate_seconds": generate_seconds,
+            "trl_stages": timer.stages,
             "settings_seen": {"optimizer": type(trainer.optimizer.optimizer).__name__,
                               "fused": trainer.optimizer.optimizer.defaults.get("fused"),
                               "bf16": trainer.args.bf16, "dtype": str(model.dtype),

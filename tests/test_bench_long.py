@@ -100,6 +100,13 @@ def test_smoke_runs_both_libraries(tmp_path):
     assert run["settings_seen"]["generation_kwargs"] == {"max_new_tokens": 16,
                                                          "min_new_tokens": 16}
     assert len(run["generate_seconds"]) == 2 and run["torch_threads"] == 1
+    # TRL's stages, timed inside its trainer, add up to its step (the rest: callbacks, data).
+    stages = trl["stages"]
+    assert {"sample", "prepare", "logprob", "backward", "optimizer", "step"} <= set(stages)
+    for i, step in enumerate(run["step_seconds"]):
+        parts = sum(run["trl_stages"][k][i] for k in ("prepare", "logprob", "backward",
+                                                       "optimizer"))
+        assert 0.5 * step < parts <= step
 
 
 @pytest.mark.slow  # lmrl's sampling stage alone: ~8 s
