@@ -70,3 +70,14 @@ def test_a_list_flag_given_twice_adds_to_its_list_not_replaces_it():
     once = parse_config(["--task", "sort_text", "--model", "some/lm", "--reward-fns", "m:f",
                          "m:g"])
     assert once.task.reward_fns == ("m:f", "m:g")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], "auto"), (["--compile"], "on"), (["--no-compile"], "off"),
+    (["--compile", "--G", "4"], "on"), (["--compile", "off"], "off"),
+    (["--compile", "auto"], "auto")])
+def test_compile_is_auto_by_default_and_the_old_switch_still_reads(flags, expected):
+    from lmrl.cli import parse_config
+
+    cfg = parse_config(["--task", "sort_text", "--model", "some/lm", *flags])
+    assert cfg.policy.compile == expected

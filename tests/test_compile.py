@@ -5,6 +5,7 @@ layer's prompt-value gradient, see policies/hf.py `compiled`), and a deep copy (
 policy) scores with its own weights. Compiling takes ~10-30 s per graph on these machines."""
 
 import copy
+import json
 
 import pytest
 
@@ -16,7 +17,7 @@ from test_lean import model, save  # noqa: E402
 
 from lmrl.config import Config, ConfigError  # noqa: E402
 from lmrl.policies.hf import HFPolicy  # noqa: E402
-from lmrl.policies.lean import LeanCache, StaticCache  # noqa: E402
+from lmrl.policies.lean import BufferPool, LeanCache, StaticCache  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,6 +42,15 @@ def test_compiled_policy_samples_scores_and_differentiates_like_eager(tmp_path):
         b = fast.sample(PROMPTS, G, torch.Generator().manual_seed(0))
         assert torch.equal(a.responses, b.responses) and torch.equal(a.truncated, b.truncated)
         assert torch.allclose(a.logp, b.logp, atol=1e-5)
+    # The cache's buffers are reused: a rollout after one that filled them all (no EOS before
+    # the budget) is the one a fresh cache gives (eager's), though it stops earlier.
+    fast.min_new_tokens = 6
+    assert fast.sample(PROMPTS, 4, torch.Generator().manual_seed(5)).response_mask.all()
+    fast.min_new_tokens = 0
+    a = eager.sample(PROMPTS[::-1], 4, torch.Generator().manual_seed(6))
+    b = fast.sample(PROMPTS[::-1], 4, torch.Generator().manual_seed(6))
+    assert not a.response_mask.all() and torch.equal(a.responses, b.responses)
+    assert torch.allclose(a.logp, b.logp, atol=1e-5)
     rollout = eager.sample(PROMPTS, 4, torch.Generator().manual_seed(1))
     lp_eager, g_eager = grads(eager, rollout)
     lp_fast, g_fast = grads(fast, rollout)
@@ -67,15 +77,30 @@ def test_static_cache_masks_unwritten_columns_and_prompt_padding():
     cache.batch_repeat_interleave(2)
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]]).repeat_interleave(2, dim=0)
     static = StaticCache(cache, mask, capacity=4, rope=(torch.ones(9, 4), torch.zeros(9, 4)))
-    assert static.keys[0].shape == (4, 1, 4, 4)
-    visible = static.bias[:, 0, 0] == 0  # (N, L + C)
+    assert static.keys[0].shape == (4, 1, 5, 4)  # capacity + 1: the next column is read too
+    visible = static.bias[:, 0, 0] == 0  # (N, L + C + 1)
     assert visible[:, :3].tolist() == mask.bool().tolist() and not visible[:, 3:].any()
     static.advance(0)
-    static.advance(1)  # own columns 0 and 1 written: visible; 2 and 3 still masked
-    assert (static.bias[:, 0, 0, 3:] == 0).tolist() == [[True, True, False, False]] * 4
-    static.update(0, torch.ones(4, 1, 1, 4), torch.ones(4, 1, 1, 4))
+    static.advance(1)  # own columns 0 and 1 written: visible; 2, 3 and 4 still masked
+    assert (static.bias[:, 0, 0, 3:] == 0).tolist() == [[True, True, False, False, False]] * 4
+    keys, values = static.update(0, torch.ones(4, 1, 1, 4), torch.ones(4, 1, 1, 4))
     assert torch.equal(static.keys[0][:, :, 1], torch.ones(4, 1, 4))
-    assert static.keys[0][:, :, [0, 2, 3]].abs().sum() == 0
+    # Attention reads the written columns and the next (masked), never a size-1 slice.
+    assert keys.shape == values.shape == (4, 1, 3, 4)
+    assert keys.data_ptr() == static.keys[0].data_ptr()  # a view of the buffer, not a copy
+    assert static.visible_bias().shape == (4, 1, 1, 6)
+    assert (static.visible_bias()[..., -1] == float("-inf")).all()
+    assert torch.isfinite(static.keys[0]).all()  # zeroed at allocation: masked columns are finite
+
+
+def test_a_buffer_pool_reuses_buffers_of_the_same_shape_and_copies_start_empty():
+    pool = BufferPool()
+    first = pool.take((2, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    again = pool.take((2, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    assert [b.data_ptr() for b in first] == [b.data_ptr() for b in again]
+    other = pool.take((3, 1, 8, 4), torch.float32, torch.device("cpu"), 4)
+    assert other[0].shape == (3, 1, 8, 4)
+    assert copy.deepcopy(pool).key is None
 
 
 def test_compile_needs_lmrls_forward(tmp_path):
@@ -125,3 +150,21 @@ def test_compiled_bf16_autocast_is_as_close_to_float32_as_eager_autocast(tmp_pat
         rel_eager = (g_eager[name] - want).norm() / scale
         rel_fast = (g_fast[name] - want).norm() / scale
         assert rel_fast <= 2 * rel_eager + 0.05, (name, float(rel_fast), float(rel_eager))
+
+
+@pytest.mark.slow  # torch.compile: ~20-40 s of compiling
+def test_a_compiled_run_logs_compiled_steps_and_records_its_compile_cost(tmp_path, capsys):
+    from lmrl import compiling
+    from lmrl.cli import main
+
+    task = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "10"]
+    main(["init-model", "--out", str(tmp_path / "m"), "--hidden-size", "16", "--layers", "1",
+          "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "4", "--B", "2", "--G", "2", "--eval-limit", "4", "--no-progress",
+          "--threads", "1", "--compile", *task])
+    assert "compile: on (policy.compile)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [1.0] * 4
+    (record,) = compiling.load_records(compiling.cache_root()).values()
+    assert record["cold_seconds"] > 0 and record["compiled_step"] > 0

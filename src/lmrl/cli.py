@@ -116,7 +116,7 @@ def cli_parse(cls, args: list[str], prog: str, description: str, default=None):
         default = config_files.load(cls, config_file, default)
     description += (" --config FILE (.yaml, .toml, .json; a run's config.yaml) overrides the "
                     "defaults by these names; flags override both.")
-    args = merge_repeated(args, list_flags(cls))
+    args = merge_repeated(compile_switch(args), list_flags(cls))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -130,6 +130,20 @@ def cli_parse(cls, args: list[str], prog: str, description: str, default=None):
         end = next((i for i, line in enumerate(lines) if line.startswith("For full")), len(lines))
         lines[end:end] = trl_hints(args, cls)  # before tyro's "For full helptext" line
         raise UsageError("\n  ".join(lines)) from None
+
+
+def compile_switch(args: list[str]) -> list[str]:
+    """policy.compile is auto, on or off, and was a switch before auto: a bare `--compile`
+    means `--compile on` and `--no-compile` means `--compile off`."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--no-compile":
+            out += ["--compile", "off"]
+        elif arg == "--compile" and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out += ["--compile", "on"]
+        else:
+            out.append(arg)
+    return out
 
 
 def list_flags(cls) -> set[str]:

@@ -29,6 +29,7 @@ from lmrl.tasks.sort import REWARDS as SORT_REWARDS
 TASKS = tuple(TASK_SPECS)  # the task registry (lmrl/tasks/__init__.py) names them
 TEXT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.text)
 DTYPES = ("auto", "float32", "autocast", "bfloat16")
+COMPILES = ("auto", "on", "off")
 # Default peak learning rates. A causal LM warm-started by SFT collapses within ~20 GRPO steps
 # at 1e-3 (and at 3e-4 with an exact-match-only reward); 2e-4 is robust (README, targets).
 TOY_LR, LM_LR = 3e-3, 2e-4
@@ -152,11 +153,15 @@ class PolicyConfig:
         "q/k/v and gate/up matmuls (llama, qwen2, qwen3, mistral without sliding window); "
         "transformers: the model's own forward; auto: lmrl's on a CPU when supported.",
         FORWARDS)] = "auto"
-    compile: bool = False
-    """torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per
-    log-prob pass (forward and backward), with fused elementwise ops. The first step compiles
-    (seconds to a minute), so it pays on runs of hundreds of steps, not on a quick check
-    (measured in bench/README.md). Needs forward lmrl (or auto resolving to it)."""
+    compile: Annotated[str, valid(
+        "torch.compile lmrl's forward: one graph for a rollout's decoding steps and one per "
+        "log-prob pass (forward and backward), with fused elementwise ops. Compiling costs "
+        "seconds to a minute once per model shape (graphs are cached on disk, "
+        "$LMRL_CACHE_DIR or ~/.cache/lmrl, so a second run of the shape starts in seconds). "
+        "auto: on when lmrl's forward runs and the run is long enough to pay for it "
+        "(compiling.py: known shapes are decided at start, new ones after an eager first "
+        "step); the decision is printed. --compile is on, --no-compile off.",
+        COMPILES)] = "auto"
     dim: int = 32
     """Embedding dimension d."""
     hidden: int = 256
@@ -179,6 +184,11 @@ class PolicyConfig:
     lora_target_modules: tuple[str, ...] = ()
     """Layers that get adapters, by name (q_proj v_proj ...); all-linear: every linear layer
     but the output head; empty: peft's default for the architecture."""
+
+    def __post_init__(self) -> None:
+        # compile was a bool before auto existed: True/False (Python, config files) mean on/off.
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,10 @@ class TrainConfig:
     """DAPO's dynamic sampling: drop the groups whose rewards are all equal (no gradient under a
     group baseline) and sample B more prompts until B groups are kept or max_sample_rounds
     batches were sampled; the step then trains on the kept groups (all B, or fewer)."""
+    async_rollouts: bool = False
+    """Sample the next step's rollouts while this step updates (a background thread and a copy
+    of the policy one update behind); the ratio to the sampler's stored log-probs corrects the
+    lag (train/rollout_lag). Pays when the two overlap on idle cores: async_rollouts.py."""
     max_sample_rounds: int = 3
     """With dynamic_sampling: at most this many batches of B prompts are sampled per step
     (verl's max_num_gen_batches)."""
@@ -508,7 +522,8 @@ def validate(cfg: Config) -> None:
     _choice("policy", "init", p.init, INITS)
     _choice("policy", "dtype", p.dtype, DTYPES)
     _choice("policy", "forward", p.forward, FORWARDS)
-    if p.compile and p.forward == "transformers":
+    _choice("policy", "compile", p.compile, COMPILES)
+    if p.compile == "on" and p.forward == "transformers":
         raise ConfigError("policy.compile compiles lmrl's forward; it needs policy.forward "
                           "lmrl or auto, not transformers")
     _check_model_task(cfg)
@@ -524,6 +539,7 @@ def validate(cfg: Config) -> None:
     TASK_SPECS[t.task].check(t, TaskConfig())  # the task's own rules on its fields
     _check_critic(cfg)
     _check_dynamic_sampling(cfg)
+    _check_async_rollouts(cfg)
     learned = "/".join(BASELINES)
     if tr.G < 2 and DELTAS[a.delta].needs_group and a.critic == "none":
         raise ConfigError(f"train.G={tr.G} with delta={a.delta!r}: a group baseline needs G >= 2 "
@@ -593,6 +609,22 @@ def _check_dynamic_sampling(cfg: Config) -> None:
                           f"baseline ({grouped}) or drop --dynamic-sampling")
 
 
+def _check_async_rollouts(cfg: Config) -> None:
+    """What the sampling thread would race with: state updated by the step it overlaps."""
+    a, tr = cfg.algo, cfg.train
+    if not tr.async_rollouts:
+        return
+    clash = ("algo.critic (its advantages need the critic the step is training)"
+             if a.critic != "none" else
+             f"delta={a.delta} (its learned baseline is fitted by the step it would overlap)"
+             if DELTAS[a.delta].learned_baseline else
+             "train.dynamic_sampling (its resampling rounds are not overlapped)"
+             if tr.dynamic_sampling else
+             "train.fsdp (every forward is a collective of all ranks)" if tr.fsdp else None)
+    if clash is not None:
+        raise ConfigError(f"train.async_rollouts does not combine with {clash}; drop one")
+
+
 def _check_critic(cfg: Config) -> None:
     """PPO with a learned critic: its ranges, and what it does not combine with (yet). The
     number of processes is checked at launch (trainer.check_data_parallel)."""
@@ -635,7 +667,7 @@ def _check_lora(cfg: Config) -> None:
     if "all-linear" in p.lora_target_modules and len(p.lora_target_modules) > 1:
         raise ConfigError("policy.lora_target_modules: all-linear already names every linear "
                           "layer; give it alone or list the layers instead")
-    if p.forward == "lmrl" or p.compile:
+    if p.forward == "lmrl" or p.compile == "on":
         raise ConfigError("LoRA (policy.lora_r > 0) runs transformers' forward: lmrl's own "
                           "forward (and compile, which compiles it) reads the base weights "
                           "without the adapters; use --forward auto or transformers and drop "
@@ -744,7 +776,7 @@ def _check_fsdp(cfg: Config) -> None:
     if p.lora_r:
         raise ConfigError("train.fsdp with LoRA (policy.lora_r > 0) is not supported: LoRA "
                           "already keeps one trainable copy of little memory; drop one of them")
-    if p.forward == "lmrl" or p.compile:
+    if p.forward == "lmrl" or p.compile == "on":
         raise ConfigError("train.fsdp runs transformers' forward: lmrl's own forward (and "
                           "compile, which compiles it) reads whole weights, which FSDP holds in "
                           "shards; use --forward auto or transformers, without --compile")

@@ -42,6 +42,9 @@ class TrainState:
     critic_optimizer: torch.optim.Optimizer | None = None
     # B(S) of delta=value / running_mean (baselines.py), learned across steps; None otherwise.
     baseline: Baseline | None = None
+    # async_rollouts.py: the sampling generator before the batch being collected ahead drew
+    # from it; what a checkpoint saves, so that a resumed run draws that batch again.
+    generator_resume_state: torch.Tensor | None = None
 
     COUNTERS = ("step", "wall_seconds", "optimizer_steps", "skipped_updates", "skipped_in_a_row")
 
@@ -84,13 +87,15 @@ class TrainState:
 
     def rng_state(self) -> dict:
         """Every random number generator the run draws from."""
-        return {"generator": self.generator.get_state(),
+        generator = self.generator_resume_state
+        return {"generator": self.generator.get_state() if generator is None else generator,
                 "eval_generator": self.eval_generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "numpy_rng": np.random.get_state()}
 
     def set_rng_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.generator_resume_state = None
         self.eval_generator.set_state(state["eval_generator"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -116,7 +121,7 @@ def build_policy(cfg: Config, max_new_tokens: int = 64) -> nn.Module:
         if p.lora_r else None
     return HFPolicy.from_pretrained(
         p.model, dtype=p.dtype, device=p.device, trust_remote_code=p.trust_remote_code,
-        attn_implementation=p.attn_implementation, forward=p.forward, compile=p.compile,
+        attn_implementation=p.attn_implementation, forward=p.forward, compile=p.compile == "on",
         max_new_tokens=p.max_new_tokens or max_new_tokens, min_new_tokens=p.min_new_tokens,
         temperature=p.temperature,
         top_k=p.top_k, top_p=p.top_p, stop=p.stop, lora=lora, seed=cfg.train.seed)

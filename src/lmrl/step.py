@@ -38,12 +38,13 @@ from lmrl.stopwatch import Stopwatch
 from lmrl.tasks.registry import at_step, score_training
 
 if TYPE_CHECKING:
+    from lmrl.async_rollouts import RolloutsAhead
     from lmrl.policies.hf import PromptBatch
 
 # The fields the μ updates read, each with the prompt axis first; split and groups_with_gradient
 # cut these and leave the scores (metrics only) with the whole batch.
 UPDATE_FIELDS = ("prompts", "responses", "response_mask", "delta", "logp_ref", "values_old",
-                 "returns")
+                 "returns", "logp_old")
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Batch:
     values_old: Tensor | None = None  # (B, G, T), the critic's V(s_t) at collection
     returns: Tensor | None = None  # (B, G, T), GAE's returns: the critic's targets
     stats: dict[str, float] = field(default_factory=dict)  # collect's: critic, dynamic sampling
+    # (B, G, T) log π_old when it is not the current policy: the sampler's stored log-probs
+    # (async_rollouts.py). None: the current policy's, detached, on the first update pass.
+    logp_old: Tensor | None = None
 
     def split(self, k: int) -> list["Batch"]:
         """Up to k micro-batches by prompt, so every group stays whole (fewer than k when there
@@ -107,14 +111,21 @@ def _select(value, rows: Tensor):
     return value[rows.to(value.device)] if isinstance(value, Tensor) else value.select(rows)
 
 
-def grpo_step(state: TrainState, task, cfg: Config) -> dict[str, float]:
-    """Sample, score and update once; returns the step's flat metrics."""
+def grpo_step(state: TrainState, task, cfg: Config,
+              ahead: "RolloutsAhead | None" = None) -> dict[str, float]:
+    """Sample, score and update once; returns the step's flat metrics. ahead: the batch comes
+    from async_rollouts.RolloutsAhead, which collects the next one during the update."""
     clock = Stopwatch()
     with clock("step"):
-        batch = collect(state, task, cfg, clock)  # times sample, reward, ref
+        if ahead is None:
+            batch = collect(state, task, cfg, clock)  # times sample, reward, ref
+        else:
+            batch = ahead.next_batch(state, clock)
         with clock("update"):
             metrics = update(state, cfg, batch, clock)  # times logprob, backward, optimizer
             learned = update_baseline(state, batch)
+            if ahead is not None:  # before the refresh changes the reference it reads
+                ahead.finish_pending()
             # After the update and state.step += 1: the refresh rule counts completed steps.
             refreshed = (state.reference.maybe_refresh(state.policy, state.step)
                          if state.reference else False)
@@ -147,10 +158,12 @@ def gathered(batch: Batch) -> Batch:
     return Batch(batch.prompts, batch.responses, logp_ref=None, table=table, **fields)
 
 
-def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None) -> Batch:
+def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None,
+            sampler_old: bool = False) -> Batch:
     """Sample B prompts and G responses to each, score them, and fix Δ and the reference's
     log-probs: the batch that the step's μ updates learn from. With dynamic sampling, the
-    batch is the varied groups of up to max_sample_rounds such samples (dynamic_sampling.py)."""
+    batch is the varied groups of up to max_sample_rounds such samples (dynamic_sampling.py).
+    sampler_old: the sampling policy's log-probs become the batch's π_old (async rollouts)."""
     tr, policy, clock = cfg.train, state.policy, clock or Stopwatch()
     stats: dict[str, float] = {}
     if tr.dynamic_sampling:
@@ -172,6 +185,12 @@ def collect(state: TrainState, task, cfg: Config, clock: Stopwatch | None = None
     if state.critic is not None:
         with clock("critic"):  # Δ becomes the critic's per-token advantages
             batch.stats = fill_advantages(state.critic, cfg, batch, tr.grad_accum, scored.logp)
+    if sampler_old:
+        batch.logp_old = scored.logp
+        if batch.logp_old is None:  # a policy whose sample stores none (the toy model)
+            with torch.no_grad():
+                batch.logp_old = policy.logprobs(batch.prompts, batch.responses,
+                                                 batch.response_mask)[0]
     return batch
 
 
@@ -233,7 +252,7 @@ def update(state: TrainState, cfg: Config, batch: Batch,
     kept = batch.groups_with_gradient()  # loss/* and policy/entropy describe these groups
     micro = kept.split(cfg.train.grad_accum)
     idle = idle_passes(len(micro)) if cfg.train.fsdp else 0
-    logp_old: list[Tensor] | None = None
+    logp_old = None if batch.logp_old is None else [mb.logp_old for mb in micro]
     skipped = {"loss": 0.0, "gradient": 0.0}  # passes skipped, by where they went non-finite
     frozen = state.step < a.critic_warmup  # PPO's warm-up: only the critic learns
     diag, critic = {}, {}

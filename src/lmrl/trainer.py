@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmrl import checkpoint, config_files, distributed, files
+from lmrl import checkpoint, compiling, config_files, distributed, files
+from lmrl.async_rollouts import RolloutsAhead
 from lmrl.config import Config, ConfigError, describe
 from lmrl.errors import NonFiniteError, RunInterrupted
 from lmrl.logging import RUN_IDS, MetricsLogger, check_installed
@@ -70,11 +71,21 @@ def evaluate(state: TrainState, task: Task, cfg: Config) -> tuple[dict[str, floa
     """Held-out metrics and (text tasks) a few sample completions."""
     state.policy.eval()
     at_step(task, state.step, cfg.train.steps)  # reward functions see the evaluated step
-    metrics, samples = task.evaluate(state.policy, state.eval_generator,
-                                     num_samples=cfg.log.eval_samples, group_size=cfg.train.G,
-                                     max_examples=cfg.log.eval_limit or None,
-                                     num_logged=cfg.log.log_samples)
-    state.policy.train()
+    # Eager: evaluation batches have their own shapes, and compiling graphs for them cost more
+    # than they save (2 more decoding graphs, ~40-80 s on 2 cores, for a few rollouts).
+    compiled = getattr(state.policy, "compile", None)  # an HFPolicy's flag (a bool)
+    if isinstance(compiled, bool):
+        state.policy.compile = False
+    try:
+        metrics, samples = task.evaluate(state.policy, state.eval_generator,
+                                         num_samples=cfg.log.eval_samples,
+                                         group_size=cfg.train.G,
+                                         max_examples=cfg.log.eval_limit or None,
+                                         num_logged=cfg.log.log_samples)
+    finally:
+        if isinstance(compiled, bool):
+            state.policy.compile = compiled
+        state.policy.train()
     return metrics, samples
 
 
@@ -147,6 +158,9 @@ def check_data_parallel(cfg: Config) -> None:
         raise ConfigError(f"algo.critic={cfg.algo.critic} runs on one process for now (the "
                           "critic's gradients and the advantage whitening are not pooled over "
                           "ranks); drop --nproc")
+    if cfg.train.async_rollouts and distributed.world() > 1:
+        raise ConfigError("train.async_rollouts runs on one process for now (a sampling thread "
+                          "beside the ranks' collectives); drop --nproc or --async-rollouts")
     if cfg.train.dynamic_sampling and distributed.world() > 1:
         raise ConfigError("train.dynamic_sampling runs on one process for now (ranks would keep "
                           "different numbers of groups); drop --nproc or --dynamic-sampling")
@@ -199,10 +213,19 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     say = print if verbose else (lambda *_: None)
     resumed = f"\nresumed from {saved_path} (step {state.step})" if saved_path else ""
     say(describe(cfg) + f"\n{describe_checkpoints(cfg)}\nrun directory: {run_dir}{resumed}")
+    plan = None
+    if not cfg.is_toy:
+        plan = compiling.plan(cfg.policy.compile, state.policy, cfg.train.B, cfg.train.G)
+        say(plan.start(cfg.train.steps - state.step, compiling.unsupported(state.policy)))
+        compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
+    if plan is not None and plan.on is not None:
+        compiling.apply(state, agreed(plan.on))
     with StopSignals() as stop:
-        last_eval = run_loop(state, task, cfg, run_dir, stop, verbose)
+        last_eval = run_loop(state, task, cfg, run_dir, stop, verbose, plan)
+    if plan is not None and main:
+        plan.finish()
     summary = finish(state, task, cfg, run_dir, last_eval)  # every rank: it saves
     if not main:
         return {"steps": state.step, "rank": distributed.rank()}
@@ -219,8 +242,13 @@ def describe_checkpoints(cfg: Config) -> str:
             f"newest {lg.keep_checkpoints} kept")
 
 
+def agreed(on: bool) -> bool:
+    """Every rank compiles if any does (ranks must run the same passes)."""
+    return bool(distributed.all_reduce([float(on)], "max")[0])
+
+
 def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSignals,
-             verbose: bool) -> dict[str, float]:
+             verbose: bool, plan: "compiling.CompilePlan | None" = None) -> dict[str, float]:
     """The visible outer loop; returns the last held-out evaluation. With several ranks, every
     rank runs the steps and rank 0 alone evaluates (every rank with a sharded model), logs and
     writes checkpoints."""
@@ -233,6 +261,10 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
     else:
         logger = sample_log = watch = NoOutput()
     last_eval: dict[str, float] = {}
+    ahead = RolloutsAhead(state, task, cfg) if cfg.train.async_rollouts else None
+    copies = () if ahead is None else (ahead.sampler,)
+    if plan is not None and plan.on:
+        compiling.apply(state, True, *copies)
     good = Snapshot.of(state)  # the last state a checkpoint may be written from
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not cfg.log.progress or not main,
                desc="train", dynamic_ncols=True, mininterval=1.0)
@@ -246,11 +278,19 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             logger.log_samples(0, samples)
         while state.step < cfg.train.steps and stop.signum is None:
             good = Snapshot.of(state)  # step, update count, RNG states: for save_after_failure
-            metrics = grpo_step(state, task, cfg)
+            metrics = grpo_step(state, task, cfg, ahead)
             elapsed = time.perf_counter() - t_start
             state.wall_seconds = base_wall + elapsed
             check_skips(state, cfg, metrics)
             watch.check(state.step, metrics)
+            if plan is not None:
+                decided = plan.after_step(metrics["time/step_seconds"],
+                                          cfg.train.steps - state.step)
+                if decided is not None:
+                    compiling.apply(state, agreed(bool(plan.on)), *copies)
+                    if verbose and main:
+                        tqdm.write(decided)
+                metrics["time/compiled"] = float(plan.last_compiled)
             out_of_time = 0 < cfg.train.time_limit <= elapsed
             if evaluates(cfg) and (state.step % cfg.log.eval_every == 0
                                    or state.step == cfg.train.steps or out_of_time):
@@ -278,6 +318,8 @@ def run_loop(state: TrainState, task, cfg: Config, run_dir: Path, stop: StopSign
             save_after_failure(state, cfg, run_dir, good)
         raise
     finally:
+        if ahead is not None:
+            ahead.close()
         bar.close()
         logger.close()
         sample_log.close()

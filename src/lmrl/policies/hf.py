@@ -31,9 +31,17 @@ from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
 from lmrl import distributed, files
+from lmrl.compiling import use_disk_cache
 from lmrl.errors import ConfigError
 from lmrl.policies.base import Rollout, entropy_from_logits
-from lmrl.policies.lean import FORWARDS, LeanCache, LeanForward, StaticCache, unsupported_reason
+from lmrl.policies.lean import (
+    FORWARDS,
+    BufferPool,
+    LeanCache,
+    LeanForward,
+    StaticCache,
+    unsupported_reason,
+)
 from lmrl.policies.loading import check_tokenizer, load_errors, model_source
 from lmrl.policies.lora import LoraSpec, is_lora, merged_copy, set_dropout, wrap
 
@@ -95,6 +103,24 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
     so a CPU generator also drives a model on GPU. noise_rows (total, rows): these N rows are
     rows of a batch of `total`; draw that batch's uniforms and use theirs (data parallel).
     """
+    u = uniforms(len(logits), temperature, generator, noise_rows, logits.device)
+    return pick(logits, u, temperature, top_k, top_p)
+
+
+def uniforms(N: int, temperature: float, generator: torch.Generator | None,
+             noise_rows: tuple[int, slice] | None, device: torch.device) -> Tensor:
+    """The (N, 1) uniforms one token's choice draws (none at temperature 0: zeros)."""
+    if temperature == 0.0:
+        return torch.zeros((N, 1), device=device)
+    source = generator.device if generator is not None else device
+    if noise_rows is None:
+        return torch.rand((N, 1), generator=generator, device=source).to(device)
+    total, rows = noise_rows
+    return torch.rand((total, 1), generator=generator, device=source)[rows].to(device)
+
+
+def pick(logits: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """choose_tokens given the uniforms u (N, 1): pure, so it can run inside a compiled step."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = logits / temperature
@@ -108,15 +134,43 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float,
         # Keep a token while the mass before it is below top_p, so the top token is always kept.
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(dim=-1)
-    device = generator.device if generator is not None else logits.device
-    if noise_rows is None:
-        u = torch.rand((len(cdf), 1), generator=generator, device=device).to(cdf.device)
-    else:
-        total, rows = noise_rows
-        u = torch.rand((total, 1), generator=generator, device=device)[rows].to(cdf.device)
     # First index whose cdf exceeds u·total: never a zero-probability token.
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=cdf.shape[-1] - 1)
     return token.squeeze(-1) if order is None else order.gather(-1, token).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How a rollout chooses its tokens: temperature (relative to the policy's), top-k, top-p,
+    and what ends a row (EOS ids) or fills it after it ended (pad)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    eos_ids: Tensor
+    pad_id: int
+
+
+def choose_and_track(logits: Tensor, u: Tensor, done: Tensor, eos_mask: Tensor, c: Choice
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One decoding step's token choice and stop bookkeeping. logits (N, V) already divided by
+    the policy's temperature; eos_mask (V,) 0, or -inf at the EOS ids before min_new_tokens
+    (masked for the choice only: logp stays π's own). -> token (pad where the row had ended),
+    logp (0 there), alive (the row had not ended), done after this token."""
+    token = pick(logits + eos_mask, u, c.temperature, c.top_k, c.top_p)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+    return (token.masked_fill(done, c.pad_id), logp.masked_fill(done, 0.0), ~done,
+            done | torch.isin(token, c.eos_ids))
+
+
+def decode_and_choose(lean: LeanForward, token: Tensor, position: Tensor, cache: StaticCache,
+                      temperature: float, u: Tensor, done: Tensor, eos_mask: Tensor,
+                      c: Choice) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Feed each row's last token, then choose the next one: what policy.compile compiles as
+    one graph per rollout (the forward, the temperature, the choice, the bookkeeping)."""
+    logits = lean.decode(token, position, cache)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    return choose_and_track(logits, u, done, eos_mask, c)
 
 
 class BufferLayer(DynamicLayer):
@@ -182,7 +236,8 @@ def compiled(fn):
 
     inplace_buffers off: with it, inductor (torch 2.13, CPU) writes a wrong gradient for the
     first layer's prompt values in the shared-prompt pass (tests/test_compile.py compares the
-    compiled gradients with eager ones)."""
+    compiled gradients with eager ones). The graphs go to lmrl's disk cache (compiling.py)."""
+    use_disk_cache()
     return torch.compile(fn, options={"inplace_buffers": False})
 
 
@@ -240,6 +295,7 @@ class HFPolicy(nn.Module):
         params = inspect.signature(inner.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.lean = self._lean_forward(forward)
+        self._kv_pool = BufferPool()  # compiled decoding's key/value buffers, reused
         if compile and self.lean is None:
             raise ValueError("compile compiles lmrl's forward; this policy runs transformers' "
                              "(use forward=lmrl, or compile=False)")
@@ -407,9 +463,13 @@ class HFPolicy(nn.Module):
                                     **{self._cache_kwarg: cache}).logits
         return self._scaled(logits)
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                              enabled=self.autocast is not None)
+    def _autocast(self) -> "torch.autocast | contextlib.nullcontext":
+        """bf16 autocast when set; else no context at all: even a disabled autocast inside a
+        compiled pass makes AOTAutograd bypass its disk cache (torch 2.13), which costs a
+        warm start ~8 s of re-tracing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _scaled(self, logits: Tensor) -> Tensor:
         """At least float32 (bf16 logits would round log-probs; a float64 model stays float64),
@@ -452,21 +512,24 @@ class HFPolicy(nn.Module):
         logits = self._forward(batch.input_ids, batch.attention_mask, cache, 1)[:, -1]  # (B, V)
         cache.batch_repeat_interleave(G)
         logits = logits.repeat_interleave(G, dim=0)  # (N, V)
-        next_logits = self._decoder(cache, batch.attention_mask.repeat_interleave(G, dim=0),
-                                    max_new)
+        choice = Choice(scale, top_k, top_p, self.eos_ids, self.pad_id)
+        any_token = torch.zeros(logits.shape[-1], device=self.device)
+        no_eos = any_token.index_fill(0, self.eos_ids, float("-inf"))
+        step = self._decoder(cache, batch.attention_mask.repeat_interleave(G, dim=0), max_new,
+                             choice)
         done = torch.zeros(B * G, dtype=torch.bool, device=self.device)
         tokens, logps, alive = [], [], []
         for t in range(max_new):
-            # Before min_new_tokens EOS is masked for the choice only: logp stays π's own.
-            allowed = logits if t >= self.min_new_tokens else \
-                logits.index_fill(-1, self.eos_ids, float("-inf"))
-            token = choose_tokens(allowed, scale, top_k, top_p, generator,
-                                  None if rows is None else noise_rows)  # (N,)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
-            alive.append(~done)
-            tokens.append(token.masked_fill(done, self.pad_id))
-            logps.append(logp.masked_fill(done, 0.0))
-            done = done | torch.isin(token, self.eos_ids)
+            u = uniforms(B * G, scale, generator, None if rows is None else noise_rows,
+                         self.device)
+            eos_mask = no_eos if t < self.min_new_tokens else any_token
+            if t == 0:  # from the prompts' logits
+                token, logp, live, done = choose_and_track(logits, u, done, eos_mask, choice)
+            else:
+                token, logp, live, done = step(tokens[-1], t - 1, u, done, eos_mask)
+            tokens.append(token)
+            logps.append(logp)
+            alive.append(live)
             if self.stop:
                 done = done | self._completes_stop(tokens, done)
             finished = bool(done.all())
@@ -474,7 +537,6 @@ class HFPolicy(nn.Module):
                 finished = not distributed.any_rank(not finished)
             if t == max_new - 1 or finished:
                 break
-            logits = next_logits(tokens[-1], t)
         if rows is not None and scale != 0.0:
             longest = int(distributed.all_reduce([len(tokens)], "max")[0])
             for _ in range(longest - len(tokens)):  # as choose_tokens draws: one call per token
@@ -489,31 +551,35 @@ class HFPolicy(nn.Module):
             texts=self.decode(responses, response_mask),
         )
 
-    def _decoder(self, cache, prompt_mask: Tensor, max_new: int):
-        """-> next_logits(token (N,), t): logits (N, V) after appending each row's t-th token.
+    def _decoder(self, cache, prompt_mask: Tensor, max_new: int, choice: Choice):
+        """-> step(token (N,), t, u, done, eos_mask): append each row's t-th token, then
+        `choose_and_track` the next one from the new logits.
 
-        Compiled: lmrl's decoding step on a StaticCache, one graph for the whole rollout. Eager:
-        the model's forward on its cache, preallocated for the rollout.
+        Compiled: `decode_and_choose` on a StaticCache, one graph for the whole rollout's
+        decoding steps, token choice included. Eager: the model's forward on its cache,
+        preallocated for the rollout, then the choice.
         """
         if self.compile:
             first_position = prompt_mask.sum(-1)  # real tokens before the first new one
             rope = self.lean.rope_table(int(first_position.max()) + max_new)
-            static = StaticCache(cache, prompt_mask, max_new, rope)
-            decode = compiled(LeanForward.decode)
+            static = StaticCache(cache, prompt_mask, max_new, rope, self._kv_pool)
+            fused = compiled(decode_and_choose)
 
-            def next_logits(token: Tensor, t: int) -> Tensor:
+            def step(token: Tensor, t: int, u: Tensor, done: Tensor, eos_mask: Tensor):
                 static.advance(t)
                 with self._autocast():
-                    return self._scaled(decode(self.lean, token, first_position + t, static))
-            return next_logits
+                    return fused(self.lean, token, first_position + t, static,
+                                 self.temperature, u, done, eos_mask, choice)
+            return step
         preallocate(cache, prompt_mask.shape[1] + max_new)
         mask = prompt_mask  # (N, L + t): grows by one column per token
 
-        def next_logits(token: Tensor, t: int) -> Tensor:
+        def step(token: Tensor, t: int, u: Tensor, done: Tensor, eos_mask: Tensor):
             nonlocal mask
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            return self._forward(token[:, None], mask, cache, 1)[:, -1]
-        return next_logits
+            logits = self._forward(token[:, None], mask, cache, 1)[:, -1]
+            return choose_and_track(logits, u, done, eos_mask, choice)
+        return step
 
     def _completes_stop(self, tokens: list[Tensor], done: Tensor) -> Tensor:
         """Rows still running whose text now contains a stop string. (N,) bool."""

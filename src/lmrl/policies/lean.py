@@ -149,40 +149,85 @@ class LeanCache:
         return self.keys[layer], self.values[layer]
 
 
-class StaticCache:
-    """A LeanCache frozen into fixed shapes for compiled decoding (no grad).
+class BufferPool:
+    """Key/value buffers kept from one rollout to the next: a rollout of the same shape reuses
+    them instead of allocating (and zeroing) the cache again, e.g. 1 GB per rollout for the
+    ~20M model at 128 rows x 256 tokens. A deep copy of the policy starts with an empty pool."""
 
-    Each row's own keys and values live in buffers of `capacity` columns, (N, h_kv, C, d); step t
-    writes column t in place (`column` is a tensor, so one compiled graph serves every step) and
-    attends over all C columns, those not yet written masked out by `bias` (N, 1, 1, L + C),
-    which `advance` opens one column at a time. The prompt's columns stay the shared prefix.
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.buffers: list[Tensor] = []
+
+    def take(self, shape: tuple, dtype: torch.dtype, device: torch.device,
+             count: int) -> list[Tensor]:
+        key = (shape, dtype, device, count)
+        if key != self.key:
+            self.buffers = []  # the old ones are freed before the new ones are made
+            self.buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(count)]
+            self.key = key
+        return self.buffers
+
+    def __deepcopy__(self, memo) -> "BufferPool":
+        return BufferPool()
+
+
+class StaticCache:
+    """A LeanCache in preallocated buffers for compiled decoding (no grad).
+
+    Each row's own keys and values live in buffers of capacity + 1 columns, (N, h_kv, C + 1, d),
+    allocated once and reused by later rollouts of the same shape (`BufferPool`); step t writes
+    column t in place (`column` is a tensor) and attends over the first t + 2 columns, views of
+    the buffers (no copies): the t + 1 written ones and the next, masked by `bias`
+    (N, 1, 1, L + C + 1), which also masks the prompt's padding. Attending over all C columns
+    would read the whole buffer at every step: for a 256-token budget twice the cache traffic
+    of a full rollout, and budget / length times it when completions stop early.
+
+    Why t + 2 and not t + 1: the length is carried as the size of `span`, marked dynamic, so
+    torch.compile makes one graph for every length from the first call; an int would be
+    specialised to its first value and recompiled at the second (a second compile of the
+    decoding graph in every run), and a length of 1 is always specialised (it broadcasts).
+    The extra column is masked, and finite: the buffers are zeroed when allocated and later
+    hold only keys and values. The prompt's columns stay the shared prefix.
     """
 
     def __init__(self, cache: LeanCache, attention_mask: Tensor, capacity: int,
-                 rope: tuple[Tensor, Tensor]) -> None:
+                 rope: tuple[Tensor, Tensor], pool: "BufferPool | None" = None) -> None:
         """From a cache holding the prompts' columns; attention_mask (N, L) of the prompts;
-        rope: `LeanForward.rope_table` covering every position the rollout reaches."""
+        rope: `LeanForward.rope_table` covering every position the rollout reaches; pool: where
+        the buffers are taken from (reused across rollouts; None: new ones)."""
         # Without batch_repeat_interleave (G = 1) the cached columns are each row's own prefix.
         self.prefix = cache.prefix or list(zip(cache.keys, cache.values, strict=True))
         self.weights, self.rope = cache.weights, rope
         N, self.L = attention_mask.shape
-        self.keys = [k.new_zeros(N, k.shape[1], capacity, k.shape[3]) for k, _ in self.prefix]
-        self.values = [torch.zeros_like(k) for k in self.keys]
-        visible = torch.cat([attention_mask.bool(), attention_mask.new_zeros(N, capacity).bool()],
-                            dim=1)
+        k = self.prefix[0][0]
+        shape = (N, k.shape[1], capacity + 1, k.shape[3])
+        buffers = (pool or BufferPool()).take(shape, k.dtype, k.device, 2 * len(self.prefix))
+        # Columns past t + 1 are never read, and column t + 1 is masked: buffers from an
+        # earlier rollout need no clearing.
+        self.keys, self.values = buffers[:len(self.prefix)], buffers[len(self.prefix):]
+        visible = torch.cat([attention_mask.bool(),
+                             attention_mask.new_zeros(N, capacity + 1).bool()], dim=1)
         self.bias = torch.zeros(visible.shape, dtype=self.keys[0].dtype, device=visible.device
                                 ).masked_fill_(~visible, float("-inf"))[:, None, None]
         self.column = torch.zeros(1, dtype=torch.long, device=visible.device)
+        self.span = visible.new_empty(2)  # its size: the own columns the next step reads
 
     def advance(self, t: int) -> None:
         """The next decode step writes and may see own column t."""
         self.column.fill_(t)
+        self.span = self.column.new_empty(t + 2)  # written columns and the next (class doc)
+        torch._dynamo.mark_dynamic(self.span, 0)
         self.bias[..., self.L + t] = 0.0
+
+    def visible_bias(self) -> Tensor:
+        """The mask over the prompt's columns and the own columns written so far."""
+        return self.bias[..., :self.L + self.span.shape[0]]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         self.keys[layer].index_copy_(2, self.column, k)
         self.values[layer].index_copy_(2, self.column, v)
-        return self.keys[layer], self.values[layer]
+        n = self.span.shape[0]
+        return self.keys[layer][:, :, :n], self.values[layer][:, :, :n]
 
 
 def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
@@ -311,7 +356,7 @@ class LeanForward:
         `cache.column`. Every shape is fixed for a rollout: the step can be compiled once."""
         x = self.model.model.embed_tokens(token[:, None])
         cos, sin = cache.rope[0][position[:, None]], cache.rope[1][position[:, None]]
-        return self._layers(x, cos, sin, cache.bias, cache, cache.weights, 1)[:, -1]
+        return self._layers(x, cos, sin, cache.visible_bias(), cache, cache.weights, 1)[:, -1]
 
     def _layers(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor,
                 cache: "LeanCache | StaticCache | None", weights: list[tuple],

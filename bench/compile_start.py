@@ -1,0 +1,66 @@
+"""Cold and warm starts of a compiled run against an eager one (issue 17).
+
+Runs `lmrl train` on one model shape in fresh processes, in the order eager, cold (empty
+compile caches), warm (the caches the cold run left), eager, warm, ...: the first step's seconds
+(compiling happens there), the process's wall seconds and the median later step. A warm start
+loads inductor's compiled graphs from the disk cache (compiling.py) instead of compiling them;
+dynamo still traces the Python code.
+
+    .venv/bin/python bench/compile_start.py --model DIR [--steps 10] [--repeats 2] \\
+        [-- extra lmrl train flags]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(model: str, steps: int, mode: str, caches: Path, extra: list[str]) -> dict:
+    env_flags = {"eager": ["--no-compile"], "cold": ["--compile"], "warm": ["--compile"]}[mode]
+    with tempfile.TemporaryDirectory() as run_dir:
+        env = {"LMRL_CACHE_DIR": str(caches / "lmrl"),
+               "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lmrl", "train", "--model", model, "--run-dir",
+                        run_dir, "--overwrite", "--steps", str(steps), "--eval-every",
+                        str(steps), "--eval-limit", "20", "--no-progress", *env_flags, *extra],
+                       check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, **env})
+        wall = time.perf_counter() - start
+        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+    step_times = [r["time/step_seconds"] for r in rows if "time/step_seconds" in r]
+    return {"mode": mode, "wall": wall, "first_step": step_times[0],
+            "later_step": statistics.median(step_times[1:])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("extra", nargs="*", help="more lmrl train flags, after --")
+    a = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = Path(tmp)
+        order = ["eager", "cold", "warm"] + ["eager", "warm"] * (a.repeats - 1)
+        for mode in order:
+            rows.append(run(a.model, a.steps, mode, caches, a.extra))
+            r = rows[-1]
+            print(f"{mode:5}  wall {r['wall']:6.1f} s  first step {r['first_step']:6.2f} s  "
+                  f"later steps {r['later_step']:.3f} s", flush=True)
+    eager = statistics.median(r["wall"] for r in rows if r["mode"] == "eager")
+    for mode in ("cold", "warm"):
+        walls = [r["wall"] for r in rows if r["mode"] == mode]
+        wall = statistics.median(walls)
+        print(f"{mode}: wall {wall:.1f} s, {wall - eager:+.1f} s against eager's {eager:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""policy.compile=auto: compile where it pays, and compiled graphs kept on disk.
+
+torch.compile makes lmrl's forward faster (bench/README.md: a step 1.1-1.3x faster on the
+tiny and ~20M models) but the first compiled step of a model shape costs seconds to minutes.
+inductor keeps what it compiled in a cache directory (its FX-graph and AOTAutograd caches), so a
+second process compiling the same graphs loads them instead; lmrl points that cache at
+$LMRL_CACHE_DIR/torch_compile (default ~/.cache/lmrl, not /tmp, which a reboot empties) unless
+TORCHINDUCTOR_CACHE_DIR is set.
+
+The auto decision (issue 17: compile "where it pays, ... off where it does not (a run shorter
+than its compile time)"):
+
+    compile  <=>  saved fraction > 0  and  remaining steps × eager step seconds > compile seconds
+
+that is, a run compiles unless compiling would take longer than the whole run. A run just
+longer than that is slower end to end the first time (it saves only a fraction of its steps'
+time), but it leaves its graphs in the disk cache, and every later run of the shape compiles in
+seconds: the cost is paid once per machine and shape, the saving on every run.
+
+For a shape lmrl has compiled before (the records file next to the cache: per shape key, the
+measured compile overhead cold and warm, and the eager and compiled step seconds) every number
+is known and the decision is made before step 1. For a new shape, step 1 runs eager and is timed;
+then compile seconds and the saved fraction are the defaults below. After a compiled run the
+record is updated with what was measured, so the next decision is made on this machine's
+numbers.
+"""
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+# Defaults for a shape never compiled here: the first compiled step of the tiny model costs
+# 40 s more with a cold inductor cache and 7 s warm on the 2-core VM (bench/README.md; 110 s cold
+# while other jobs shared it), and compiled steps were 10-30% faster.
+COLD_SECONDS = 40.0
+SAVED_FRACTION = 0.15
+RECORDS = "compile_records.json"
+
+
+def cache_root() -> Path:
+    """$LMRL_CACHE_DIR, else $XDG_CACHE_HOME/lmrl, else ~/.cache/lmrl."""
+    if os.environ.get("LMRL_CACHE_DIR"):
+        return Path(os.environ["LMRL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmrl"
+
+
+def use_disk_cache() -> Path:
+    """Point inductor's cache at lmrl's cache directory unless the user chose one. -> the
+    directory in use."""
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "torch_compile")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def shape_key(policy, B: int, G: int, extra: str = "") -> str:
+    """What decides the compiled graphs and their speed: the model's shape, the dtype, the
+    batch shape and budget, the threads, the device and torch's version."""
+    c = policy.model.config
+    parts = [c.model_type, c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
+             c.num_key_value_heads, c.intermediate_size, c.vocab_size, policy.autocast,
+             B, G, policy.max_new_tokens, torch.get_num_threads(), policy.device.type,
+             torch.__version__, extra]
+    return "/".join(str(p) for p in parts)
+
+
+def load_records(root: Path) -> dict:
+    try:
+        return json.loads((root / RECORDS).read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: decide on the defaults
+
+
+def save_record(root: Path, key: str, record: dict) -> None:
+    """Merge one shape's record into the records file (written whole, then renamed: a killed
+    run leaves the old file)."""
+    records = load_records(root)
+    records[key] = record
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{RECORDS}.{os.getpid()}"
+    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+    os.replace(tmp, root / RECORDS)
+
+
+def pays(remaining: int, eager_seconds: float, saved_fraction: float,
+         compile_seconds: float) -> bool:
+    """The rule in the module docstring."""
+    return saved_fraction > 0 and remaining * eager_seconds > compile_seconds
+
+
+def is_warm(record: dict | None, cache_dir: Path) -> bool:
+    """This shape was compiled into this cache directory, which still exists."""
+    return bool(record) and record.get("cache_dir") == str(cache_dir) and cache_dir.is_dir()
+
+
+def expected_compile_seconds(record: dict | None, cache_dir: Path) -> tuple[float, str]:
+    """Seconds compiling should cost now, and why: warm (the record's cache directory still
+    holds the graphs), the record's cold cost, or the default."""
+    if is_warm(record, cache_dir) and "warm_seconds" in record:
+        return record["warm_seconds"], "cached graphs"
+    if is_warm(record, cache_dir):  # a guess until a warm start is measured
+        return max(0.2 * record["cold_seconds"], 1.0), "cached graphs, no warm start measured"
+    if record:
+        return record["cold_seconds"], "compiled before, cache not found"
+    return COLD_SECONDS, "new shape, default estimate"
+
+
+@dataclass
+class CompilePlan:
+    """Decides policy.compile for one run and measures what compiling cost (trainer.py calls
+    `before_run`, then `after_step` after every step)."""
+
+    setting: str  # auto, on, off
+    key: str
+    root: Path
+    cache_dir: Path
+    record: dict | None
+    on: bool | None = None  # None: decided after the first (eager) step
+    last_compiled: bool = False  # whether the last step ran compiled
+    eager_steps: list[float] = field(default_factory=list)
+    compiled_steps: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def start(self, remaining: int, supported: str | None) -> str:
+        """Decide now if possible; -> the line to print."""
+        if self.setting != "auto":
+            self.on = self.setting == "on"
+            return f"compile: {self.setting} (policy.compile)"
+        if supported is not None:
+            self.on = False
+            return f"compile: auto -> off ({supported})"
+        if remaining < 2:
+            self.on = False
+            return f"compile: auto -> off (a run of {remaining} step(s) cannot pay for compiling)"
+        r = self.record
+        if r and "eager_step" in r and "compiled_step" in r:
+            return self._decide(remaining, r["eager_step"])
+        return "compile: auto -> decided after step 1, which runs eager and is timed"
+
+    def _decide(self, remaining: int, eager_seconds: float) -> str:
+        r = self.record or {}
+        fraction = SAVED_FRACTION
+        if "eager_step" in r and "compiled_step" in r:
+            fraction = max(0.0, 1 - r["compiled_step"] / r["eager_step"])
+        cost, why = expected_compile_seconds(self.record, self.cache_dir)
+        saving = remaining * eager_seconds * fraction
+        self.on = pays(remaining, eager_seconds, fraction, cost)
+        return (f"compile: auto -> {'on' if self.on else 'off'} ({remaining} steps x "
+                f"{eager_seconds:.3g} s eager = ~{remaining * eager_seconds:.0f} s against "
+                f"~{cost:.0f} s to compile ({why}); {fraction:.0%} faster steps would save "
+                f"~{saving:.0f} s)")
+
+    def after_step(self, seconds: float, remaining: int) -> str | None:
+        """Record the step; -> the decision line when this step made it."""
+        was_on = self.on
+        self.last_compiled = bool(was_on)
+        (self.compiled_steps if was_on else self.eager_steps).append(seconds)
+        if was_on is None and self.setting == "auto":
+            return self._decide(remaining, seconds)
+        return None
+
+    def finish(self) -> dict | None:
+        """After the run: update this shape's record from a compiled run (its first compiled
+        step's excess over the median compiled step is the compile cost). -> the record."""
+        if len(self.compiled_steps) < 3:
+            return None  # too few steps to tell compiling from running
+        steady = statistics.median(self.compiled_steps[1:])
+        overhead = max(self.compiled_steps[0] - steady, 0.0)
+        record = dict(self.record or {})
+        warm = is_warm(self.record, self.cache_dir) and "cold_seconds" in record
+        record["warm_seconds" if warm else "cold_seconds"] = round(overhead, 2)
+        record["cache_dir"] = str(self.cache_dir)
+        record["compiled_step"] = round(steady, 5)
+        if self.eager_steps:
+            record["eager_step"] = round(statistics.median(self.eager_steps), 5)
+        save_record(self.root, self.key, record)
+        return record
+
+
+def plan(setting: str, policy, B: int, G: int, extra: str = "") -> CompilePlan:
+    """The plan for a run of `policy` (an HFPolicy) at B×G."""
+    root, cache_dir = cache_root(), use_disk_cache()
+    key = shape_key(policy, B, G, extra)
+    return CompilePlan(setting, key, root, cache_dir, load_records(root).get(key))
+
+
+def unsupported(policy) -> str | None:
+    """Why this policy cannot be compiled (None if it can)."""
+    if getattr(policy, "lean", None) is None:
+        return ("transformers' forward runs (LoRA, a GPU, forward=transformers or a model lmrl's "
+                "forward does not know), and compile compiles lmrl's")
+    return None
+
+
+def apply(state, on: bool, *copies) -> None:
+    """Switch compiling on or off for the policy, the reference copy of it and other copies
+    (async rollouts' sampler): the next pass uses it (HFPolicy reads `compile` at every call)."""
+    for policy in (state.policy, getattr(state.reference, "model", None), *copies):
+        if getattr(policy, "lean", None) is not None:
+            policy.compile = on

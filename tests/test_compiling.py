@@ -1,0 +1,135 @@
+"""policy.compile=auto (compiling.py): the rule, the records that make a known shape's decision
+at start, and a run that prints its decision. The compiled run itself is in the slow tier."""
+
+import json
+import os
+
+import pytest
+
+from lmrl import compiling
+from lmrl.compiling import CompilePlan, expected_compile_seconds, pays
+
+
+def make_plan(tmp_path, setting="auto", record=None, cache_exists=True) -> CompilePlan:
+    cache = tmp_path / "inductor"
+    if cache_exists:
+        cache.mkdir(exist_ok=True)
+    return CompilePlan(setting, "k", tmp_path / "lmrl", cache, record)
+
+
+def test_a_run_compiles_unless_compiling_takes_longer_than_the_whole_run():
+    assert pays(remaining=100, eager_seconds=0.5, saved_fraction=0.2, compile_seconds=40)
+    assert not pays(remaining=79, eager_seconds=0.5, saved_fraction=0.2, compile_seconds=40)
+    # Compiled steps measured no faster: never.
+    assert not pays(remaining=10**6, eager_seconds=1.0, saved_fraction=0.0, compile_seconds=1)
+
+
+def test_on_and_off_are_obeyed_and_short_or_unsupported_runs_stay_eager(tmp_path):
+    on = make_plan(tmp_path, "on")
+    on.start(1, None)
+    off = make_plan(tmp_path, "off")
+    off.start(10**6, None)
+    assert on.on is True and off.on is False
+    one = make_plan(tmp_path)
+    assert "cannot pay" in one.start(1, None) and one.on is False
+    lora = make_plan(tmp_path)
+    assert "LoRA" in lora.start(1000, compiling.unsupported(object())) and lora.on is False
+
+
+def test_a_new_shape_is_decided_by_timing_an_eager_first_step(tmp_path):
+    plan = make_plan(tmp_path)
+    assert "after step 1" in plan.start(1000, None) and plan.on is None
+    line = plan.after_step(0.5, 999)  # 999 x 0.5 s > the 40 s default: on
+    assert plan.on is True and "auto -> on" in line and "new shape" in line
+    assert plan.after_step(0.4, 998) is None and plan.last_compiled
+    short = make_plan(tmp_path)
+    short.start(50, None)
+    short.after_step(0.5, 49)  # 24.5 s of run < 40 s of compiling
+    assert short.on is False and not short.last_compiled
+
+
+def test_a_known_shape_is_decided_at_start_from_its_record(tmp_path):
+    cache = tmp_path / "inductor"
+    record = {"cold_seconds": 40.0, "warm_seconds": 3.0, "eager_step": 0.5,
+              "compiled_step": 0.4, "cache_dir": str(cache)}
+    warm = make_plan(tmp_path, record=record)
+    line = warm.start(10, None)  # 10 x 0.5 = 5 s > 3 s warm compile
+    assert warm.on is True and "cached graphs" in line and "20% faster" in line
+    gone = make_plan(tmp_path / "elsewhere", record=record, cache_exists=False)
+    gone.start(10, None)  # the cache directory was deleted: a cold compile, 40 s > 5 s
+    assert gone.on is False
+    slower = make_plan(tmp_path, record={**record, "compiled_step": 0.6})
+    slower.start(10**6, None)
+    assert slower.on is False
+
+
+def test_expected_compile_seconds_cold_warm_and_default(tmp_path):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    assert expected_compile_seconds(None, cache)[0] == compiling.COLD_SECONDS
+    cold = {"cold_seconds": 50.0, "cache_dir": str(cache)}
+    assert expected_compile_seconds(cold, cache)[0] == 10.0  # a guess until measured warm
+    assert expected_compile_seconds({**cold, "warm_seconds": 2.5}, cache)[0] == 2.5
+    assert expected_compile_seconds(cold, tmp_path / "other")[0] == 50.0
+
+
+def test_a_compiled_run_records_cold_then_warm_compile_seconds(tmp_path):
+    first = make_plan(tmp_path, "on")
+    first.start(5, None)
+    for seconds in (30.0, 0.4, 0.5, 0.4):
+        first.after_step(seconds, 0)
+    record = first.finish()
+    assert record["cold_seconds"] == pytest.approx(29.6) and "warm_seconds" not in record
+    assert compiling.load_records(tmp_path / "lmrl")["k"] == record
+    second = make_plan(tmp_path, record=record)
+    assert "after step 1" in second.start(100, None)  # no eager step time known yet
+    second.after_step(0.6, 99)
+    for seconds in (3.4, 0.4, 0.4):
+        second.after_step(seconds, 0)
+    again = second.finish()
+    assert again["warm_seconds"] == pytest.approx(3.0) and again["cold_seconds"] == 29.6
+    assert again["eager_step"] == 0.6
+    third = make_plan(tmp_path, record=again)
+    assert "cached graphs" in third.start(100, None) and third.on is True
+    assert not [p for p in (tmp_path / "lmrl").iterdir() if p.name != compiling.RECORDS]
+
+
+def test_too_few_compiled_steps_record_nothing(tmp_path):
+    plan = make_plan(tmp_path, "on")
+    plan.start(2, None)
+    plan.after_step(9.0, 1)
+    plan.after_step(0.4, 0)
+    assert plan.finish() is None and not (tmp_path / "lmrl").exists()
+
+
+def test_an_unreadable_records_file_means_no_records(tmp_path):
+    (tmp_path / compiling.RECORDS).write_text("{not json")
+    assert compiling.load_records(tmp_path) == {}
+
+
+def test_the_cache_directory_is_lmrls_unless_the_user_chose_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LMRL_CACHE_DIR", str(tmp_path))
+    assert compiling.use_disk_cache() == tmp_path / "torch_compile"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch_compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compiling.use_disk_cache() == tmp_path / "mine"
+    monkeypatch.delenv("LMRL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compiling.cache_root() == tmp_path / "xdg" / "lmrl"
+
+
+def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from lmrl.cli import main
+
+    task = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "10"]
+    main(["init-model", "--out", str(tmp_path / "m"), "--hidden-size", "16", "--layers", "1",
+          "--heads", "2", *task])
+    main(["train", "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
+          "--steps", "3", "--B", "2", "--G", "2", "--eval-limit", "4", "--no-progress",
+          "--threads", "1", *task])
+    out = capsys.readouterr().out
+    assert "compile: auto -> decided after step 1" in out and "compile: auto -> off (2 steps" in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [0.0, 0.0, 0.0]
