@@ -42,13 +42,16 @@ test-slow: $(VENV)/.test-installed
 test-all: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q $(XDIST)
 
-# lmrl vs TRL's GRPOTrainer and the matmul ceiling (bench/README.md); about an hour on 2 cores.
+# lmrl vs TRL's GRPOTrainer and the matmul ceiling (bench/README.md), then the same on long
+# rollouts (64-token prompts, 256-token completions, ~20M and ~100M models); about two hours on
+# 2 cores. Each runs alone too: bench/vs_trl.py, bench/long_rollouts.py.
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	@touch $@
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/vs_trl.py --lmrl-compile
+	$(BIN)/python bench/long_rollouts.py
 
 lint: setup
 	$(BIN)/ruff check src tests experiments bench

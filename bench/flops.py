@@ -130,3 +130,42 @@ def matmul_gflops(sizes: list[int], dtype: str = "float32", rep_seconds: float =
             best, spent, done = min(best, dt / k), spent + dt, done + 1
         out[n] = 2 * n ** 3 / best / 1e9
     return out
+
+
+def sampling_bytes(m: ModelShape, B: int, G: int, prompt_len: float, length: float,
+                   bytes_per_value: int = 4, shared_prompt: bool = True) -> float:
+    """Bytes that sampling must read from memory, at least: the weights once per forward (the
+    prefill, then each of the length - 1 tokens fed back, B·G rows at a time) plus, per fed-back
+    token, its keys and values (token j of a completion attends to prompt_len + j positions, as
+    decode_flops counts them). With shared_prompt (lmrl) a prompt's keys and values are read once
+    per group, else once per completion. All completions of the same length (the long-rollout
+    benchmark's); embedding lookups and writes are left out."""
+    weights = bytes_per_value * (m.body_weights + m.hidden * m.vocab)
+    kv = bytes_per_value * 2 * m.layers * m.kv_heads * m.head_dim  # one position, K and V
+    fed, rows = length - 1, B * G
+    prompt_reads = (B if shared_prompt else rows) * prompt_len * fed
+    return (1 + fed) * weights + kv * (prompt_reads + rows * fed * length / 2)
+
+
+def memory_gbps(mbytes: int = 512, reps: int = 5) -> dict[str, float]:
+    """Best-of-reps memory bandwidth in GB/s with torch's current thread setting: "read" is a
+    sum over an fp32 tensor of `mbytes` MB (bytes read / seconds), "copy" a copy into another
+    (bytes read + written / seconds)."""
+    import time
+
+    import torch
+
+    x = torch.rand(mbytes * 2 ** 20 // 4)
+    y = torch.empty_like(x)
+    nbytes = x.numel() * 4
+    out = {}
+    for name, fn, moved in (("read", lambda: x.sum(), nbytes),
+                            ("copy", lambda: y.copy_(x), 2 * nbytes)):
+        fn()  # warm-up: page faults of y
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = moved / best / 1e9
+    return out

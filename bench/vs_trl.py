@@ -61,6 +61,19 @@ def make_task(spec: dict):
     return SortTextTask(n=spec["n"], V=V, heldout_size=spec["heldout"], reward="positional")
 
 
+def train_reward(spec: dict):
+    """The training reward of both libraries: sort_text's positional (the default), or
+    spec["reward"] = "module:function" importable from bench/ (long_rollouts.py's digit count),
+    called as lmrl's and TRL's reward functions are, fn(prompts, completions, **columns)."""
+    name = spec.get("reward", "positional")
+    if name == "positional":
+        from lmrl.tasks.sort_text import positional
+
+        return positional
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def heldout_eval(spec: dict, model_dir: Path) -> dict:
     """lmrl's greedy held-out evaluation of a save_pretrained directory."""
     from lmrl.policies.hf import HFPolicy
@@ -129,13 +142,21 @@ def child_lmrl(spec: dict) -> dict:
               "reward": "positional"},
         policy={"model": spec["start"], "dtype": spec.get("dtype", "float32"), "device": "cpu",
                 "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
-                "forward": spec["forward"], "compile": spec.get("compile", False)},
+                "forward": spec["forward"], "compile": spec.get("compile", False),
+                "min_new_tokens": spec.get("min_new_tokens", 0)},
         algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
               "kl_weight": spec["kl"], "mu": 1, "aggregation": "token_mean"},
         train={"B": B, "G": G, "lr": spec["lr"], "schedule": "constant", "warmup_steps": 0,
                "weight_decay": 0.0, "grad_clip": 1.0, "steps": spec["steps"],
-               "seed": spec["seed"], "threads": spec["threads"]})
+               "seed": spec["seed"], "threads": spec["threads"],
+               "grad_accum": spec.get("grad_accum", 1)})
     task = build_task(cfg)
+    if spec.get("reward", "positional") != "positional":  # the sort rewards stay, logged only
+        from lmrl.tasks.text import RewardFn
+
+        fn = train_reward(spec)
+        task.rewards = [RewardFn(r.name, r.fn, 0.0) for r in task.rewards] + \
+            [RewardFn(fn.__name__, fn, 1.0)]
     state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
     run_dir = Path(spec["run_dir"])
     rows, ends = [], []
@@ -147,15 +168,20 @@ def child_lmrl(spec: dict) -> dict:
             ends.append(time.perf_counter())
             rows.append(metrics)
     peak = peak_rss_mb()
-    state.policy.save_pretrained(run_dir / "model")
+    if spec.get("heldout_eval", True):
+        state.policy.save_pretrained(run_dir / "model")
     return {"step_seconds": intervals(t0, ends), "peak_rss_mb": peak,
             "tokens": [r["train/response_tokens"] * B * G for r in rows],
             "train_reward": [r["train/reward_mean"] for r in rows],
             "stages": {k[5:-8]: [r[k] for r in rows] for k in rows[0]
                        if k.startswith("time/") and k.endswith("_seconds")},
+            "metrics": {k: [r.get(k) for r in rows] for k in spec.get("record", [])},
             "settings_seen": {"autocast": str(state.policy.autocast),
-                              "compile": state.policy.compile},
-            "eval": heldout_eval(spec, run_dir / "model")}
+                              "compile": state.policy.compile,
+                              "min_new_tokens": getattr(state.policy, "min_new_tokens", None),
+                              "max_new_tokens": getattr(state.policy, "max_new_tokens", None)},
+            "eval": heldout_eval(spec, run_dir / "model")
+            if spec.get("heldout_eval", True) else None}
 
 
 def intervals(t0: float, ends: list[float]) -> list[float]:
@@ -180,75 +206,137 @@ def child_trl(spec: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from lmrl.tasks.sort_text import positional
-
     task, run_dir = make_task(spec), Path(spec["run_dir"])
+    train_fn, accum = train_reward(spec), spec.get("grad_accum", 1)
     generator = torch.Generator().manual_seed(spec["seed"])
     # One fresh training prompt per (step, prompt), as lmrl draws them (never a held-out one).
     data = Dataset.from_list([task.train_example(generator)
                               for _ in range(spec["steps"] * B)])
-    seen: list[tuple[int, float]] = []  # (completion tokens, mean reward) per reward call
+    # (completion tokens, mean reward, shortest, longest completion) per reward call
+    seen: list[tuple[int, float, int, int]] = []
 
     def reward(prompts, completions, completion_ids, **columns):
         if not all(isinstance(c, str) for c in completions):
             raise TypeError(f"TRL passed {type(completions[0])}, expected plain strings")
-        values = positional(prompts, completions, **columns)
-        seen.append((sum(len(ids) for ids in completion_ids), sum(values) / len(values)))
+        values = train_fn(prompts, completions, **columns)
+        lengths = [len(ids) for ids in completion_ids]
+        seen.append((sum(lengths), sum(values) / len(values), min(lengths), max(lengths)))
         return values
-    reward.__name__ = "positional"
+    reward.__name__ = train_fn.__name__
 
     class StepTimer(TrainerCallback):
+        """Step ends, and each optimizer step's stages in lmrl's terms: prepare (TRL's
+        _prepare_inputs: generation, rewards, advantages), logprob (compute_loss: the forward
+        and the loss), backward (the rest of training_step), optimizer (clipping and the
+        optimizer's step: from the last training_step's end to on_optimizer_step)."""
+
         def __init__(self) -> None:
             self.start: float | None = None
             self.ends: list[float] = []
+            self.stages: dict[str, list[float]] = {
+                k: [] for k in ("prepare", "logprob", "backward", "optimizer")}
+            self.acc = dict.fromkeys(self.stages, 0.0)
+            self.last_micro_end = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = self.start or time.perf_counter()
 
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            self.acc["optimizer"] += time.perf_counter() - self.last_micro_end
+
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
+            for k, v in self.acc.items():
+                self.stages[k].append(v)
+            self.acc = dict.fromkeys(self.stages, 0.0)
+
+        def wrap(self, obj, name: str, stage: str | None) -> None:
+            """Time obj.name's calls into `stage` (None: a micro-batch's whole training_step,
+            whose time not in prepare or logprob is its backward)."""
+            method = getattr(obj, name)
+
+            def timed(*args, **kwargs):
+                t0 = time.perf_counter()
+                before = self.acc["prepare"] + self.acc["logprob"]
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    now = time.perf_counter()
+                    if stage is None:
+                        inner = self.acc["prepare"] + self.acc["logprob"] - before
+                        self.acc["backward"] += now - t0 - inner
+                        self.last_micro_end = now
+                    else:
+                        self.acc[stage] += now - t0
+            setattr(obj, name, timed)
 
     args = GRPOConfig(
         output_dir=str(run_dir / "trl"), max_steps=spec["steps"], seed=spec["seed"],
-        per_device_train_batch_size=B * G, gradient_accumulation_steps=1, num_generations=G,
+        # One generation of B·G completions per optimizer step, in `accum` micro-batches.
+        per_device_train_batch_size=B * G // accum, gradient_accumulation_steps=accum,
+        num_generations=G,
         max_completion_length=spec["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=spec["lr"], warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=spec["kl"], num_iterations=1, epsilon=0.2, loss_type="dapo",
         scale_rewards="group", model_init_kwargs={"dtype": "float32"},
         torch_compile=spec.get("compile", False),
+        generation_kwargs={"min_new_tokens": spec["min_new_tokens"]}
+        if spec.get("min_new_tokens") else None,
         **{**TRL_FAIR, "bf16": spec.get("dtype") == "bf16"})
     timer = StepTimer()
     trainer = GRPOTrainer(model=spec["start"], reward_funcs=[reward], args=args,
                           train_dataset=data, callbacks=[timer],
                           processing_class=AutoTokenizer.from_pretrained(spec["start"]))
+    generate_seconds: list[float] = []  # TRL's sampling stage, timed around model.generate
+    generate = trainer.model.generate
+
+    def timed_generate(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            generate_seconds.append(time.perf_counter() - t0)
+    trainer.model.generate = timed_generate
+    timer.wrap(trainer, "_prepare_inputs", "prepare")
+    timer.wrap(trainer, "compute_loss", "logprob")
+    timer.wrap(trainer, "training_step", None)
     trainer.train()
     peak = peak_rss_mb()
     model = trainer.model  # the Trainer turns checkpointing on in train(), so look after it
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:  # transformers < 5.24
         checkpointing = model.is_gradient_checkpointing
-    trainer.model.save_pretrained(run_dir / "model")
-    trainer.processing_class.save_pretrained(run_dir / "model")
+    if spec.get("heldout_eval", True):
+        trainer.model.save_pretrained(run_dir / "model")
+        trainer.processing_class.save_pretrained(run_dir / "model")
     return {"step_seconds": intervals(timer.start, timer.ends), "peak_rss_mb": peak,
-            "tokens": [t for t, _ in seen], "train_reward": [r for _, r in seen],
+            "tokens": [s[0] for s in seen], "train_reward": [s[1] for s in seen],
+            "length_range": [s[2:] for s in seen], "generate_seconds": generate_seconds,
+            "trl_stages": timer.stages,
             "settings_seen": {"optimizer": type(trainer.optimizer.optimizer).__name__,
                               "fused": trainer.optimizer.optimizer.defaults.get("fused"),
                               "bf16": trainer.args.bf16, "dtype": str(model.dtype),
                               "activation_checkpointing": bool(checkpointing),
-                              "reference_model": trainer.ref_model is not None},
-            "eval": heldout_eval(spec, run_dir / "model")}
+                              "reference_model": trainer.ref_model is not None,
+                              "generation_kwargs": {k: trainer.generation_kwargs.get(k) for k in
+                                                    ("max_new_tokens", "min_new_tokens")},
+                              "gradient_accumulation_steps":
+                              trainer.args.gradient_accumulation_steps},
+            "eval": heldout_eval(spec, run_dir / "model")
+            if spec.get("heldout_eval", True) else None}
 
 
 CHILDREN = {"setup": child_setup, "prepare": child_prepare, "lmrl": child_lmrl,
             "trl": child_trl}
 
 
-def child_main(kind: str, spec_path: str, result_path: str) -> None:
+def child_main(kind: str, spec_path: str, result_path: str, children: dict | None = None
+               ) -> None:
     import torch
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
-    result = CHILDREN[kind](spec)
+    result = (children or CHILDREN)[kind](spec)
     result["torch_threads"] = torch.get_num_threads()
     Path(result_path).write_text(json.dumps(result))
 
@@ -291,8 +379,10 @@ def child_env(threads: int, wait_policy: str | None) -> dict:
     return env
 
 
-def run_child(kind: str, spec: dict, env: dict, workdir: Path, name: str) -> tuple[dict, dict]:
-    """Run one child to completion; returns its result and what the OS saw of it."""
+def run_child(kind: str, spec: dict, env: dict, workdir: Path, name: str,
+              script: Path | None = None) -> tuple[dict, dict]:
+    """Run one child (`script --child kind`, this file by default) to completion; returns its
+    result and what the OS saw of it."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
     log_path = workdir / f"{name}.log"
@@ -301,8 +391,9 @@ def run_child(kind: str, spec: dict, env: dict, workdir: Path, name: str) -> tup
     busy0, _ = cpu_seconds()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind,
-                                 str(spec_path), str(result_path)], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, str(script or Path(__file__).resolve()),
+                                 "--child", kind, str(spec_path), str(result_path)], env=env,
+                                stdout=log,
                                 stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)  # wait4: the child's own rusage
         proc.returncode = os.waitstatus_to_exitcode(status)
