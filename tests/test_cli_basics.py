@@ -81,3 +81,12 @@ def test_compile_is_auto_by_default_and_the_old_switch_still_reads(flags, expect
 
     cfg = parse_config(["--task", "sort_text", "--model", "some/lm", *flags])
     assert cfg.policy.compile == expected
+
+
+@pytest.mark.parametrize("value, expected", [("true", "on"), ("false", "off"), ("auto", "auto")])
+def test_a_config_file_may_still_say_compile_true_or_false(tmp_path, value, expected):
+    from lmrl.cli import parse_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"policy:\n  model: some/lm\n  compile: {value}\ntask:\n  task: sort_text\n")
+    assert parse_config(["--config", str(path)]).policy.compile == expected

@@ -180,6 +180,8 @@ def overrides(cls, path: str | Path) -> dict[Path_, object]:
     checked = {}
     for field_path, value in flat.items():
         key = ".".join(field_path)
+        if key == "policy.compile" and isinstance(value, bool):
+            value = "on" if value else "off"  # compile was true/false before auto existed
         checked[field_path] = check_type(value, types_[field_path], key, source)
         if field_path[-1] in FLAG_ONLY:
             if checked[field_path]:
