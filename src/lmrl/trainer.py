@@ -226,7 +226,7 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
     if plan is not None and plan.on is not None:
-        compiling.apply(state, agreed(plan.on))
+        plan.on = agreed(plan.on)  # run_loop applies it, to the async sampler too
     with StopSignals() as stop:
         last_eval = run_loop(state, task, cfg, run_dir, stop, verbose, plan)
     if plan is not None and main:
