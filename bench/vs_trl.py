@@ -142,7 +142,7 @@ def child_lmrl(spec: dict) -> dict:
               "reward": "positional"},
         policy={"model": spec["start"], "dtype": spec.get("dtype", "float32"), "device": "cpu",
                 "max_new_tokens": spec["max_new_tokens"], "temperature": 1.0,
-                "forward": spec["forward"], "compile": spec.get("compile", False),
+                "forward": spec["forward"], "compile": lmrl_compile(spec),
                 "min_new_tokens": spec.get("min_new_tokens", 0)},
         algo={"delta": "normalized", "norm_eps": 1e-4, "loss": "clipped", "clip_eps": 0.2,
               "kl_weight": spec["kl"], "mu": 1, "aggregation": "token_mean"},
@@ -158,16 +158,21 @@ def child_lmrl(spec: dict) -> dict:
         task.rewards = [RewardFn(r.name, r.fn, 0.0) for r in task.rewards] + \
             [RewardFn(fn.__name__, fn, 1.0)]
     state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
+    plan = auto_compile(state, cfg) if cfg.policy.compile == "auto" else None
     run_dir = Path(spec["run_dir"])
     rows, ends = [], []
     t0 = time.perf_counter()
     with (run_dir / "metrics.jsonl").open("w") as log:
         for step in range(1, spec["steps"] + 1):
             metrics = grpo_step(state, task, cfg)
+            if plan is not None:
+                follow_plan(plan, state, metrics["time/step_seconds"], spec["steps"] - step)
             log.write(json.dumps({"step": step, **metrics}) + "\n")
             ends.append(time.perf_counter())
             rows.append(metrics)
     peak = peak_rss_mb()
+    if plan is not None:
+        plan.finish()  # what a user's run leaves: the shape's record for the next decision
     if spec.get("heldout_eval", True):
         state.policy.save_pretrained(run_dir / "model")
     return {"step_seconds": intervals(t0, ends), "peak_rss_mb": peak,
@@ -178,10 +183,40 @@ def child_lmrl(spec: dict) -> dict:
             "metrics": {k: [r.get(k) for r in rows] for k in spec.get("record", [])},
             "settings_seen": {"autocast": str(state.policy.autocast),
                               "compile": state.policy.compile,
+                              "compile_setting": cfg.policy.compile,
+                              "compile_decision": plan.line if plan is not None else None,
                               "min_new_tokens": getattr(state.policy, "min_new_tokens", None),
                               "max_new_tokens": getattr(state.policy, "max_new_tokens", None)},
             "eval": heldout_eval(spec, run_dir / "model")
             if spec.get("heldout_eval", True) else None}
+
+
+def lmrl_compile(spec: dict) -> str:
+    """policy.compile for the lmrl child: on, off or auto (a bool from older specs)."""
+    value = spec.get("compile", "off")
+    return {True: "on", False: "off"}.get(value, value)
+
+
+def auto_compile(state, cfg):
+    """policy.compile=auto as `lmrl train` applies it (trainer.py): decided before step 1 from
+    this shape's record in $LMRL_CACHE_DIR, or after an eager, timed step 1."""
+    from lmrl import compiling
+
+    plan = compiling.plan("auto", state.policy, cfg.train.B, cfg.train.G)
+    plan.line = plan.start(cfg.train.steps, compiling.unsupported(state.policy))
+    print(plan.line, flush=True)
+    compiling.apply(state, bool(plan.on))
+    return plan
+
+
+def follow_plan(plan, state, seconds: float, remaining: int) -> None:
+    from lmrl import compiling
+
+    decided = plan.after_step(seconds, remaining)
+    if decided is not None:
+        plan.line = decided
+        print(decided, flush=True)
+        compiling.apply(state, bool(plan.on))
 
 
 def intervals(t0: float, ends: list[float]) -> list[float]:
@@ -439,6 +474,9 @@ def summarize(runs: list[dict], lib: str, prep: dict, warmup: int, ceiling: floa
     out = {
         "lib": lib, "repeats": len(runs), "timed_steps": len(secs),
         "median_step_s": median_s, "completions_per_s": B * G / median_s,
+        # Every step, the untimed first ones (and any compiling) included: what a run gets.
+        "run_completions_per_s": sum(B * G * len(r["step_seconds"]) for r in runs)
+        / sum(sum(r["step_seconds"]) for r in runs),
         "tokens_per_s": statistics.median(t / s for t, s in zip(toks, secs, strict=True)),
         "mean_completion_tokens": mean_len,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -503,6 +541,14 @@ def markdown(report: dict) -> str:
             q = cell["ratio"]
             lines.append(head + "| **lmrl / TRL** | " + " | ".join(
                 "n/a" if q[k] is None else f"**{q[k]:.2f}x**" for k in RATIO_KEYS) + " | | | |")
+    lines += ["", "Whole runs (every step, the untimed first ones and any compiling included), "
+              "completions/s:", ""]
+    for cell in report["cells"]:
+        rates = {lib: r.get("run_completions_per_s") for lib, r in cell["libs"].items()}
+        text = ", ".join(f"{lib} {v:.1f}" for lib, v in rates.items() if v)
+        if all(rates.get(lib) for lib in ("lmrl", "trl")):
+            text += f" (**{rates['lmrl'] / rates['trl']:.2f}x**)"
+        lines.append(f"- {cell['size']} n={cell['n']} KL={cell['kl']}: {text}")
     lines += ["", "Matmul ceiling (square matmuls, best of reps, GFLOP/s):", "",
               "| n | " + " | ".join(report["matmul"]) + " |",
               "|---|" + "---|" * len(report["matmul"])]
@@ -566,8 +612,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="default: all CPUs (smoke: 1)")
     p.add_argument("--lmrl-forward", default="auto", choices=["auto", "lmrl", "transformers"],
                    help="lmrl's policy.forward (transformers: lmrl's step on HF modules)")
-    p.add_argument("--lmrl-compile", action="store_true",
-                   help="lmrl's policy.compile (compiling takes the first step, ~1 minute)")
+    p.add_argument("--lmrl-compile", nargs="?", const="on", default="off",
+                   choices=["off", "on", "auto"],
+                   help="lmrl's policy.compile: on (the flag alone; compiling takes the first "
+                        "step), off, or auto, what `lmrl train` does with no flags (decided from "
+                        "$LMRL_CACHE_DIR's record of the shape, else after an eager step 1)")
     p.add_argument("--trl-compile", action="store_true",
                    help="TRL's torch_compile (the Trainer compiles the model it trains)")
     p.add_argument("--lmrl-dtype", default="float32", choices=["float32", "autocast"],

@@ -102,6 +102,7 @@ def test_summary_pools_repeats_after_warmup():
     assert out["timed_steps"] == 4
     assert out["median_step_s"] == 2.5  # of 1, 2, 4, 3
     assert out["completions_per_s"] == 128 / 2.5
+    assert out["run_completions_per_s"] == 6 * 128 / (12.0 + 16.0)  # every step, warm-up too
     assert out["mean_completion_tokens"] == 5.0
     assert out["heldout_reward"] == 2.5
     expected = step_flops(SMALL, 16, 8, 8, [5.0] * 128, kl=False)
@@ -137,8 +138,12 @@ def check_smoke_report(out: Path, libs: set[str]) -> dict:
 @pytest.mark.slow  # a whole bench run, ~12 s
 def test_smoke_without_trl_skips_it_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vs_trl, "trl_missing", lambda: "not importable: trl")
-    report = vs_trl.main(["--smoke", "--out", str(tmp_path)])
+    report = vs_trl.main(["--smoke", "--out", str(tmp_path), "--lmrl-compile", "auto"])
     assert "TRL side skipped: not importable: trl" in capsys.readouterr().out
+    # What `lmrl train` does with no flags: a 2-step run on a new shape stays eager.
+    (seen,) = [r["settings_seen"] for r in report["runs"]]
+    assert seen["compile_setting"] == "auto" and seen["compile"] is False
+    assert seen["compile_decision"].startswith("compile: auto -> off")
     assert report["trl_skipped"] == "not importable: trl"
     check_smoke_report(tmp_path, {"lmrl"})
     assert "TRL side skipped" in (tmp_path / "vs_trl.md").read_text()
