@@ -198,10 +198,13 @@ def test_forward_is_validated():
         Config().replace(policy={"forward": "lmrl"})  # the toy model has no such choice
 
 
+@pytest.mark.parametrize("variant", ["small", "fused"])
 @pytest.mark.parametrize("with_prefix", [False, True])
-def test_small_tile_attention_equals_the_matmul_one_in_value_and_gradient(with_prefix):
-    """attend(small=True), the broadcast form compiled code uses for tiny tiles, is the same
-    function as the matmul form, masked columns and the shared prefix included (float64)."""
+def test_small_and_fused_attention_equal_the_matmul_one_in_value_and_gradient(with_prefix,
+                                                                              variant):
+    """attend(small=True), the broadcast form compiled code uses for tiny tiles, and
+    attend(fused=True), torch's fused attention for long ones, are the same function as the
+    matmul form, masked columns and the shared prefix included (float64)."""
     from lmrl.policies.lean import attend, attention_bias
 
     g = torch.Generator().manual_seed(0)
@@ -217,10 +220,37 @@ def test_small_tile_attention_equals_the_matmul_one_in_value_and_gradient(with_p
     bias = attention_bias(mask, S, torch.float64)
     inputs = [q, k, v, *(prefix or ())]
     outs = []
-    for small in (False, True):
-        out = attend(q, k, v, bias, prefix, small)
+    for other in (False, True):
+        out = attend(q, k, v, bias, prefix, small=other and variant == "small",
+                     fused=other and variant == "fused")
         outs.append((out, torch.autograd.grad(out.square().sum(), inputs)))
     (ref, ref_grads), (got, got_grads) = outs
-    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     for a, b in zip(got_grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_long_tiles_take_the_fused_kernel_in_float32_with_the_same_values_and_gradients():
+    """At FUSED_TILE and beyond, the forward uses torch's fused attention (the CPU flash
+    kernel in float32): same values and gradients as the matmul form, within float32 rounding."""
+    from lmrl.policies.lean import FUSED_TILE, attend, attention_bias
+
+    g = torch.Generator().manual_seed(1)
+    B, G, h, S, L, d = 2, 3, 2, 60, 20, 16
+    assert S * (S + L) >= FUSED_TILE
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, requires_grad=True)
+
+    q, k, v = rand(B * G, h, S, d), rand(B * G, h, S, d), rand(B * G, h, S, d)
+    prefix = rand(B, h, L, d), rand(B, h, L, d)
+    mask = torch.ones(B * G, L + S, dtype=torch.long)
+    mask[1, :7] = 0
+    bias = attention_bias(mask, S, torch.float32)
+    outs = []
+    for fused in (False, True):
+        out = attend(q, k, v, bias, prefix, fused=fused)
+        outs.append((out, torch.autograd.grad(out.square().sum(), [q, k, v, *prefix])))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[1][1], outs[0][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -242,6 +242,11 @@ def softmax(scores: Tensor, dtype: torch.dtype) -> Tensor:
 # makes one tiny GEMM call per (row, head). Larger tiles keep the matmul, the right tool there
 # (measured in bench/README.md, "Small attention tiles").
 SMALL_TILE = 1024
+# Tiles of at least this many (query, key) pairs per head go to torch's fused attention
+# (scaled_dot_product_attention, the CPU flash kernel), which never holds the (S, K) scores:
+# at 256-token completions its forward and backward take 1/2 to 1/3 of the two matmuls' time;
+# at 10-token ones it is no faster (bench/fused_attention.py, bench/README.md "Fused attention").
+FUSED_TILE = 4096
 
 
 def _scores(q: Tensor, k: Tensor) -> Tensor:
@@ -255,11 +260,14 @@ def _mix(p: Tensor, v: Tensor) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
-           prefix: tuple[Tensor, Tensor] | None, small: bool = False) -> Tensor:
+           prefix: tuple[Tensor, Tensor] | None, small: bool = False,
+           fused: bool = False) -> Tensor:
     """softmax(q kᵀ + bias) v over [prefix, own] key columns. q (N, h, S, d) already scaled;
     k, v (N, h, t, d); prefix keys and values (B, h, L, d) shared by G = N / B rows each.
     small: broadcast products instead of matmuls (compiled code only: eager, they would
-    materialise (..., S, K, d))."""
+    materialise (..., S, K, d)). fused: torch's fused attention (long tiles, FUSED_TILE)."""
+    if fused:
+        return fused_attend(q, k, v, bias, prefix)
     scores = _scores if small else lambda a, b: torch.matmul(a, b.transpose(-1, -2))
     mix = _mix if small else torch.matmul
     if prefix is None:
@@ -278,6 +286,18 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
                     v.dtype)
     on_prefix, on_own = probs.split([L, probs.shape[-1] - L], dim=-1)
     return ungrouped(mix(grouped(on_prefix), pv)) + mix(on_own, v)
+
+
+def fused_attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                 prefix: tuple[Tensor, Tensor] | None) -> Tensor:
+    """`attend` by scaled_dot_product_attention. A shared prefix is repeated for its G rows
+    (a copy of L columns, small next to the (S, L + t) scores it saves); the additive bias
+    lets every row see at least itself, so no row is all -inf."""
+    if prefix is not None:
+        G = q.shape[0] // prefix[0].shape[0]
+        k = torch.cat([prefix[0].repeat_interleave(G, dim=0), k], dim=2)
+        v = torch.cat([prefix[1].repeat_interleave(G, dim=0), v], dim=2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
 
 
 def _cat_or_none(tensors: list[Tensor | None]) -> Tensor | None:
@@ -393,7 +413,8 @@ class LeanForward:
                 prefix = tuple(x.repeat_interleave(h // h_kv, dim=1) for x in prefix)
         columns = k.shape[2] + (prefix[0].shape[2] if prefix is not None else 0)
         small = torch.compiler.is_compiling() and S * columns <= SMALL_TILE
-        out = attend(q * attn.scaling, k, v, bias, prefix, small)  # (N, h, S, d)
+        fused = S * columns >= FUSED_TILE
+        out = attend(q * attn.scaling, k, v, bias, prefix, small, fused)  # (N, h, S, d)
         return attn.o_proj(out.transpose(1, 2).reshape(N, S, h * d))
 
     @staticmethod
