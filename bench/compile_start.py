@@ -7,7 +7,11 @@ loads inductor's compiled graphs from the disk cache (compiling.py) instead of c
 dynamo still traces the Python code.
 
     .venv/bin/python bench/compile_start.py --model DIR [--steps 10] [--repeats 2] \\
-        [-- extra lmrl train flags]
+        [--caches DIR] [-- extra lmrl train flags]
+
+warm_serial is a warm start with the compiler's import left to the first compiled pass (lmrl
+imports it on a second thread while the run sets up: compiling.import_compiler_in_background).
+--caches keeps the caches in DIR: a second invocation skips the cold run.
 """
 
 import argparse
@@ -20,14 +24,19 @@ import tempfile
 import time
 from pathlib import Path
 
+# `python -m lmrl` with the background import switched off (the warm_serial mode).
+SERIAL = ("import sys, lmrl.compiling as c, lmrl.cli; "
+          "c.import_compiler_in_background = lambda: None; sys.exit(lmrl.cli.main())")
+
 
 def run(model: str, steps: int, mode: str, caches: Path, extra: list[str]) -> dict:
-    env_flags = {"eager": ["--no-compile"], "cold": ["--compile"], "warm": ["--compile"]}[mode]
+    env_flags = ["--no-compile"] if mode == "eager" else ["--compile"]
+    entry = ["-c", SERIAL] if mode == "warm_serial" else ["-m", "lmrl"]
     with tempfile.TemporaryDirectory() as run_dir:
         env = {"LMRL_CACHE_DIR": str(caches / "lmrl"),
                "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "lmrl", "train", "--model", model, "--run-dir",
+        subprocess.run([sys.executable, *entry, "train", "--model", model, "--run-dir",
                         run_dir, "--overwrite", "--steps", str(steps), "--eval-every",
                         str(steps), "--eval-limit", "20", "--no-progress", *env_flags, *extra],
                        check=True, stdout=subprocess.DEVNULL,
@@ -44,20 +53,25 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--caches", default=None, help="keep the compile caches here")
     p.add_argument("extra", nargs="*", help="more lmrl train flags, after --")
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        caches = Path(tmp)
-        order = ["eager", "cold", "warm"] + ["eager", "warm"] * (a.repeats - 1)
+        caches = Path(a.caches or tmp)
+        warm_already = (caches / "lmrl" / "compile_records.json").is_file()
+        order = ["eager"] + ["cold"] * (not warm_already) + ["warm", "warm_serial"] + \
+            ["eager", "warm", "warm_serial"] * (a.repeats - 1)
         for mode in order:
             rows.append(run(a.model, a.steps, mode, caches, a.extra))
             r = rows[-1]
-            print(f"{mode:5}  wall {r['wall']:6.1f} s  first step {r['first_step']:6.2f} s  "
+            print(f"{mode:11}  wall {r['wall']:6.1f} s  first step {r['first_step']:6.2f} s  "
                   f"later steps {r['later_step']:.3f} s", flush=True)
     eager = statistics.median(r["wall"] for r in rows if r["mode"] == "eager")
-    for mode in ("cold", "warm"):
+    for mode in ("cold", "warm", "warm_serial"):
         walls = [r["wall"] for r in rows if r["mode"] == mode]
+        if not walls:
+            continue
         wall = statistics.median(walls)
         print(f"{mode}: wall {wall:.1f} s, {wall - eager:+.1f} s against eager's {eager:.1f} s")
 

@@ -3,6 +3,7 @@ at start, and a run that prints its decision. The compiled run itself is in the 
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -119,17 +120,28 @@ def test_the_cache_directory_is_lmrls_unless_the_user_chose_one(tmp_path, monkey
     assert compiling.cache_root() == tmp_path / "xdg" / "lmrl"
 
 
-def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsys):
+def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsys,
+                                                                  monkeypatch):
     pytest.importorskip("transformers")
     from lmrl.cli import main
 
+    imports = []
+    real = compiling.import_compiler_in_background
+    monkeypatch.setattr(compiling, "import_compiler_in_background",
+                        lambda: imports.append(real()))
     task = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "10"]
     main(["init-model", "--out", str(tmp_path / "m"), "--hidden-size", "16", "--layers", "1",
           "--heads", "2", *task])
-    main(["train", "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
-          "--steps", "3", "--B", "2", "--G", "2", "--eval-limit", "4", "--no-progress",
-          "--threads", "1", *task])
+    train = ["train", "--model", str(tmp_path / "m"), "--steps", "3", "--B", "2", "--G", "2",
+             "--eval-limit", "4", "--no-progress", "--threads", "1", *task]
+    main([*train, "--run-dir", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert "compile: auto -> decided after step 1" in out and "compile: auto -> off (2 steps" in out
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [0.0, 0.0, 0.0]
+    # auto may compile after step 1: the compiler was imported on a second thread meanwhile.
+    (thread,) = imports
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "torch._inductor.compile_fx" in sys.modules
+    main([*train, "--run-dir", str(tmp_path / "off"), "--no-compile"])
+    assert len(imports) == 1  # off: nothing to import

@@ -28,6 +28,7 @@ numbers.
 import json
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,23 @@ class CompilePlan:
             record["eager_step"] = round(statistics.median(self.eager_steps), 5)
         save_record(self.root, self.key, record)
         return record
+
+
+def import_compiler_in_background() -> threading.Thread:
+    """Import torch.compile's machinery (dynamo, inductor) on a second thread.
+
+    torch.compile's first call imports them, 2-3 s on the 2-core VM: a third of a warm start's
+    cost (bench/README.md, compile_start.py). Started while the run sets up (its pre-flight
+    batch and first evaluation, torch ops that mostly release the GIL), the import is done
+    before the first compiled pass needs it; a pass that comes sooner waits on the import lock
+    for the rest of it, never imports twice."""
+    def run() -> None:
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401
+
+    thread = threading.Thread(target=run, name="lmrl-import-compiler", daemon=True)
+    thread.start()
+    return thread
 
 
 def plan(setting: str, policy, B: int, G: int, extra: str = "") -> CompilePlan:

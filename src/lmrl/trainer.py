@@ -222,6 +222,8 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
         if plan.setting == "auto" and distributed.world() > 1 and agreed(plan.on is None):
             plan.on, line = None, "compile: auto -> decided after step 1 on every rank"
         say(line)
+        if plan.on is not False:  # compiling, or may after step 1
+            compiling.import_compiler_in_background()
         compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
