@@ -158,7 +158,8 @@ def child_lmrl(spec: dict) -> dict:
         task.rewards = [RewardFn(r.name, r.fn, 0.0) for r in task.rewards] + \
             [RewardFn(fn.__name__, fn, 1.0)]
     state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
-    plan = auto_compile(state, cfg) if cfg.policy.compile == "auto" else None
+    decisions: list[str] = []  # auto's printed decision lines
+    plan = auto_compile(state, cfg, decisions) if cfg.policy.compile == "auto" else None
     run_dir = Path(spec["run_dir"])
     rows, ends = [], []
     t0 = time.perf_counter()
@@ -166,7 +167,8 @@ def child_lmrl(spec: dict) -> dict:
         for step in range(1, spec["steps"] + 1):
             metrics = grpo_step(state, task, cfg)
             if plan is not None:
-                follow_plan(plan, state, metrics["time/step_seconds"], spec["steps"] - step)
+                follow_plan(plan, state, metrics["time/step_seconds"], spec["steps"] - step,
+                            decisions)
             log.write(json.dumps({"step": step, **metrics}) + "\n")
             ends.append(time.perf_counter())
             rows.append(metrics)
@@ -184,7 +186,7 @@ def child_lmrl(spec: dict) -> dict:
             "settings_seen": {"autocast": str(state.policy.autocast),
                               "compile": state.policy.compile,
                               "compile_setting": cfg.policy.compile,
-                              "compile_decision": plan.line if plan is not None else None,
+                              "compile_decision": decisions[-1] if decisions else None,
                               "min_new_tokens": getattr(state.policy, "min_new_tokens", None),
                               "max_new_tokens": getattr(state.policy, "max_new_tokens", None)},
             "eval": heldout_eval(spec, run_dir / "model")
@@ -197,24 +199,24 @@ def lmrl_compile(spec: dict) -> str:
     return {True: "on", False: "off"}.get(value, value)
 
 
-def auto_compile(state, cfg):
+def auto_compile(state, cfg, decisions: list[str]):
     """policy.compile=auto as `lmrl train` applies it (trainer.py): decided before step 1 from
     this shape's record in $LMRL_CACHE_DIR, or after an eager, timed step 1."""
     from lmrl import compiling
 
     plan = compiling.plan("auto", state.policy, cfg.train.B, cfg.train.G)
-    plan.line = plan.start(cfg.train.steps, compiling.unsupported(state.policy))
-    print(plan.line, flush=True)
+    decisions.append(plan.start(cfg.train.steps, compiling.unsupported(state.policy)))
+    print(decisions[-1], flush=True)
     compiling.apply(state, bool(plan.on))
     return plan
 
 
-def follow_plan(plan, state, seconds: float, remaining: int) -> None:
+def follow_plan(plan, state, seconds: float, remaining: int, decisions: list[str]) -> None:
     from lmrl import compiling
 
     decided = plan.after_step(seconds, remaining)
     if decided is not None:
-        plan.line = decided
+        decisions.append(decided)
         print(decided, flush=True)
         compiling.apply(state, bool(plan.on))
 
