@@ -11,7 +11,9 @@ bigger ops:
   optimizer, checkpoints and save_pretrained are unchanged;
 - rotary embedding applied to q and k together, cos/sin computed once per pass (by the model's
   own rotary module, so every rope scaling type it knows is honoured);
-- attention as two batched matmuls and a softmax, with one additive mask built once per pass;
+- attention as two batched matmuls and a softmax, with one additive mask built once per pass,
+  up to FUSED_TILE (query, key) pairs per head; longer tiles (log-prob passes over long
+  completions, long prompts) go to torch's fused attention kernel;
 - final norm and LM head only at the positions whose logits are kept;
 - a KV cache that keeps a prompt's keys and values once for its G samples (attention reads
   them once per group, as one matmul with G query rows) and appends each sample's own
