@@ -158,23 +158,21 @@ def child_lmrl(spec: dict) -> dict:
         task.rewards = [RewardFn(r.name, r.fn, 0.0) for r in task.rewards] + \
             [RewardFn(fn.__name__, fn, 1.0)]
     state = build_state(cfg, build_policy(cfg, task.max_new_tokens))
-    decisions: list[str] = []  # auto's printed decision lines
-    plan = auto_compile(state, cfg, decisions) if cfg.policy.compile == "auto" else None
+    decisions: list[str] = []  # the compile decision lines `lmrl train` would print
+    plan = compile_plan(state, cfg, decisions)
     run_dir = Path(spec["run_dir"])
     rows, ends = [], []
     t0 = time.perf_counter()
     with (run_dir / "metrics.jsonl").open("w") as log:
         for step in range(1, spec["steps"] + 1):
             metrics = grpo_step(state, task, cfg)
-            if plan is not None:
-                follow_plan(plan, state, metrics["time/step_seconds"], spec["steps"] - step,
-                            decisions)
+            follow_plan(plan, state, metrics["time/step_seconds"], spec["steps"] - step,
+                        decisions)
             log.write(json.dumps({"step": step, **metrics}) + "\n")
             ends.append(time.perf_counter())
             rows.append(metrics)
     peak = peak_rss_mb()
-    if plan is not None:
-        plan.finish()  # what a user's run leaves: the shape's record for the next decision
+    plan.finish()  # what a user's run leaves: a compiled run records the shape for auto
     if spec.get("heldout_eval", True):
         state.policy.save_pretrained(run_dir / "model")
     return {"step_seconds": intervals(t0, ends), "peak_rss_mb": peak,
@@ -199,12 +197,12 @@ def lmrl_compile(spec: dict) -> str:
     return {True: "on", False: "off"}.get(value, value)
 
 
-def auto_compile(state, cfg, decisions: list[str]):
-    """policy.compile=auto as `lmrl train` applies it (trainer.py): decided before step 1 from
-    this shape's record in $LMRL_CACHE_DIR, or after an eager, timed step 1."""
+def compile_plan(state, cfg, decisions: list[str]):
+    """policy.compile as `lmrl train` applies it (trainer.py): on, off, or auto, decided before
+    step 1 from this shape's record in $LMRL_CACHE_DIR or after an eager, timed step 1."""
     from lmrl import compiling
 
-    plan = compiling.plan("auto", state.policy, cfg.train.B, cfg.train.G)
+    plan = compiling.plan(cfg.policy.compile, state.policy, cfg.train.B, cfg.train.G)
     decisions.append(plan.start(cfg.train.steps, compiling.unsupported(state.policy)))
     print(decisions[-1], flush=True)
     compiling.apply(state, bool(plan.on))
