@@ -32,15 +32,17 @@ def datasets_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def lmrl_cache(tmp_path_factory):
     """compile=auto decides from the records in lmrl's cache (compiling.py): tests keep theirs
-    out of ~/.cache/lmrl, so no earlier run changes a decision. inductor's compiled graphs stay
-    in torch's default directory, shared by the tests (they only make compiling faster)."""
+    out of ~/.cache/lmrl, so no earlier run changes a decision. inductor's compiled graphs go to
+    a directory under torch's default one, shared by test sessions (it only makes compiling
+    faster)."""
     cache = tmp_path_factory.mktemp("lmrl_cache")
     saved = {k: os.environ.get(k) for k in ("LMRL_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")}
     os.environ["LMRL_CACHE_DIR"] = str(cache)
     if saved["TORCHINDUCTOR_CACHE_DIR"] is None:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
+        # Not the default itself: compiling.py would take that for torch's, not a choice.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), "lmrl_tests")
     yield cache
     for key, value in saved.items():
         if value is None:

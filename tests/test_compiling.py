@@ -4,6 +4,7 @@ at start, and a run that prints its decision. The compiled run itself is in the 
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,16 @@ def test_the_cache_directory_is_lmrls_unless_the_user_chose_one(tmp_path, monkey
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch_compile")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compiling.use_disk_cache() == tmp_path / "mine"
+    # torch's default, which importing torch._dynamo writes there (transformers imports it
+    # while loading a model), is not the user's choice.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    monkeypatch.setattr(compiling, "_USER_CACHE_DIR", None)
+    assert compiling.use_disk_cache() == tmp_path / "torch_compile"
+    monkeypatch.setattr(compiling, "_USER_CACHE_DIR", default_cache_dir())  # set before lmrl
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert compiling.use_disk_cache() == Path(default_cache_dir())
     monkeypatch.delenv("LMRL_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compiling.cache_root() == tmp_path / "xdg" / "lmrl"

@@ -51,10 +51,27 @@ def cache_root() -> Path:
     return Path(base) / "lmrl"
 
 
+# TORCHINDUCTOR_CACHE_DIR as the user's environment had it when lmrl was imported: importing
+# torch._dynamo (transformers' from_pretrained does) writes torch's default /tmp directory into
+# it, which must not read as the user's choice.
+_USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+def user_chose_cache_dir() -> bool:
+    """TORCHINDUCTOR_CACHE_DIR was set before lmrl was imported, or since to something other
+    than the default that torch._dynamo's import writes there."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if _USER_CACHE_DIR or not current:
+        return bool(_USER_CACHE_DIR)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(current) != os.path.abspath(default_cache_dir())
+
+
 def use_disk_cache() -> Path:
     """Point inductor's cache at lmrl's cache directory unless the user chose one. -> the
     directory in use."""
-    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    if not user_chose_cache_dir():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "torch_compile")
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
