@@ -10,6 +10,7 @@ medians and ratios to the first variant are printed. Variants:
              unwritten ones masked (lmrl before issue 17), buffers zeroed per rollout
   written    compiled decoding, attention over the columns written so far, buffers reused
              (lmrl now)
+  bf16       written, under bf16 autocast (policy.dtype=autocast: bf16 matmuls, fp32 weights)
 
 It also prints the bounds of the measured shape: decoding FLOPs against the matmul ceiling
 (bench/flops.py), and bytes each decoding step must read (the weights once, the key/value
@@ -58,6 +59,7 @@ WRITTEN = (lean.StaticCache.update, lean.StaticCache.visible_bias)
 
 def use(variant: str, policy: HFPolicy) -> None:
     policy.compile = variant != "eager"
+    policy.autocast = torch.bfloat16 if variant == "bf16" else None
     if variant == "full":
         lean.StaticCache.update, lean.StaticCache.visible_bias = full_width, lambda s: s.bias
         policy._kv_pool = ZeroedPool()
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["eager", "full", "written"],
-                   choices=["eager", "full", "written"])
+                   choices=["eager", "full", "written", "bf16"])
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     layers, hidden, heads = SIZES[a.size]
