@@ -209,8 +209,11 @@ def import_compiler_in_background() -> threading.Thread:
     before the first compiled pass needs it; a pass that comes sooner waits on the import lock
     for the rest of it, never imports twice."""
     def run() -> None:
-        import torch._dynamo  # noqa: F401
-        import torch._inductor.compile_fx  # noqa: F401
+        try:
+            import torch._dynamo  # noqa: F401
+            import torch._inductor.compile_fx  # noqa: F401
+        except ImportError:  # e.g. importlib's deadlock guard: the compiling pass imports it
+            pass
 
     thread = threading.Thread(target=run, name="lmrl-import-compiler", daemon=True)
     thread.start()
