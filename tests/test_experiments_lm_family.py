@@ -20,6 +20,13 @@ def test_every_method_samples_512_completions_per_step():
     assert lm_family.shape(["--B", "4", "--G", "3", "--delta", "rloo"]) == 12
 
 
+def test_every_task_is_an_lm_targets_recipe():
+    # sort12 (the long completions) is a target of its own in bench/lm_targets.py.
+    for task in lm_family.TASKS.values():
+        assert task["target"] in lm_family.TARGETS
+    assert lm_family.TARGETS["sort12"].task[:4] == ["--task", "sort_text", "--n", "12"]
+
+
 def test_eval_points_sum_tokens_and_carry_seconds():
     rows = [{"step": 0, "eval/exact_match": 0.3},
             {"step": 1, "train/response_tokens": 9.0, "time/elapsed_seconds": 2.0},
