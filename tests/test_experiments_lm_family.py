@@ -78,6 +78,15 @@ def test_store_replaces_the_same_run(tmp_path):
     assert [(r["method"], r["last3"]) for r in rows] == [("rloo", 0.6), ("grpo", 0.7)]
 
 
+def test_report_writes_one_table_per_level_of_the_task(tmp_path):
+    path = tmp_path / "lm_family_sort12.jsonl"
+    path.write_text(json.dumps(row("grpo", 0, 0.9, [80, 0.96, 90.0, 400_000], 140.0)) + "\n")
+    text = lm_family.report("sort12", path)
+    assert [line.split("|")[4] for line in text.splitlines() if line.startswith("| method")] == \
+        [" first >= 0.95: step ", " first >= 0.9: step ", " first >= 0.85: step "]
+    assert path.with_suffix(".md").read_text() == text and path.with_suffix(".png").is_file()
+
+
 @pytest.mark.slow
 def test_script_end_to_end_tiny(tmp_path):
     out = tmp_path / "lm_family_sort5.jsonl"
