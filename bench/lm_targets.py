@@ -9,6 +9,7 @@ match), within a wall-clock limit of GRPO (evaluation time included):
   add3    3-digit + 3-digit addition: >= 0.95, SFT and GRPO each within 10 minutes
   mul2    2-digit x 2-digit multiplication: report (stretch >= 0.8)
   sort5_ppo  sort5 with PPO's learned critic (--critic separate): report (goal >= 0.98)
+  sort12  sort_text n=12: long completions for experiments/lm_family.py (goal >= 0.95)
 
 GRPO uses lmrl's default RL settings; only the run length, the evaluation cadence and the
 held-out size are set here.
