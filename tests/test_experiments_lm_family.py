@@ -20,6 +20,13 @@ def test_every_method_samples_512_completions_per_step():
     assert lm_family.shape(["--B", "4", "--G", "3", "--delta", "rloo"]) == 12
 
 
+def test_every_task_is_an_lm_targets_recipe():
+    # sort12 (the long completions) is a target of its own in bench/lm_targets.py.
+    for task in lm_family.TASKS.values():
+        assert task["target"] in lm_family.TARGETS
+    assert lm_family.TARGETS["sort12"].task[:4] == ["--task", "sort_text", "--n", "12"]
+
+
 def test_eval_points_sum_tokens_and_carry_seconds():
     rows = [{"step": 0, "eval/exact_match": 0.3},
             {"step": 1, "train/response_tokens": 9.0, "time/elapsed_seconds": 2.0},
@@ -69,6 +76,15 @@ def test_store_replaces_the_same_run(tmp_path):
     lm_family.store(path, row("grpo", 0, 0.7, None, 1.0), lock)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["method"], r["last3"]) for r in rows] == [("rloo", 0.6), ("grpo", 0.7)]
+
+
+def test_report_writes_one_table_per_level_of_the_task(tmp_path):
+    path = tmp_path / "lm_family_sort12.jsonl"
+    path.write_text(json.dumps(row("grpo", 0, 0.9, [80, 0.96, 90.0, 400_000], 140.0)) + "\n")
+    text = lm_family.report("sort12", path)
+    assert [line.split("|")[4] for line in text.splitlines() if line.startswith("| method")] == \
+        [" first >= 0.95: step ", " first >= 0.9: step ", " first >= 0.85: step "]
+    assert path.with_suffix(".md").read_text() == text and path.with_suffix(".png").is_file()
 
 
 @pytest.mark.slow
