@@ -59,7 +59,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         caches = Path(a.caches or tmp)
-        warm_already = (caches / "lmrl" / "compile_records.json").is_file()
+        # eager runs leave records too (their step seconds): warm means a compiled one did
+        records = caches / "lmrl" / "compile_records.json"
+        warm_already = records.is_file() and any(
+            "cold_seconds" in r for r in json.loads(records.read_text()).values())
         order = ["eager"] + ["cold"] * (not warm_already) + ["warm", "warm_serial"] + \
             ["eager", "warm", "warm_serial"] * (a.repeats - 1)
         for mode in order:

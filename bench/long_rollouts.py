@@ -231,6 +231,20 @@ def summarize(runs: list[dict], lib: str, prep: dict, warmup: int, machine: dict
     return out
 
 
+def headroom(lmrl: dict, trl: dict, ceiling_gflops: float) -> dict:
+    """The most lmrl / TRL completions/s could be against TRL's step as measured: (a) lmrl's
+    sampling at its bound (the roofline) and the rest of its step as measured; (b) also every
+    other stage's executed FLOPs at the fp32 matmul ceiling. Whether a target is in reach."""
+    sample_bound_s = B * G * lmrl["mean_completion_tokens"] / \
+        lmrl["sampling_bound"]["bound_tokens_per_s"]
+    executed_s = lmrl["median_step_s"] * lmrl["executed_ceiling_frac"]  # all FLOPs at ceiling
+    sample_flops_s = lmrl["stages"]["sample"]["gflop"] / ceiling_gflops
+    rest = lmrl["median_step_s"] - lmrl["sample_s"]
+    return {"sampling_at_bound": trl["median_step_s"] / (rest + sample_bound_s),
+            "all_at_ceiling": trl["median_step_s"] / (executed_s - sample_flops_s
+                                                      + sample_bound_s)}
+
+
 def summarize_sample_only(runs: list[dict], prep: dict, warmup: int, machine: dict) -> dict:
     shape = ModelShape.from_hf_config(prep["config"])
     secs, toks = pooled(runs, "sample_seconds", warmup), pooled(runs, "tokens", warmup)
@@ -335,6 +349,14 @@ def markdown(report: dict) -> str:
                 ratio = f"{libs[0][name]['seconds'] / libs[1][name]['seconds']:.2f}x" \
                     if both else ""
                 lines.append(f"| {cell['size']} | {name} | {parts[0]} | {parts[1]} | {ratio} |")
+    for cell in report["cells"]:
+        if "headroom" in cell:
+            h = cell["headroom"]
+            lines += ["", f"Headroom ({cell['size']}): against TRL's step as measured, lmrl / "
+                      f"TRL would be at most **{h['sampling_at_bound']:.2f}x** with lmrl's "
+                      "sampling at its bound (below) and the rest of its step as measured, and "
+                      f"**{h['all_at_ceiling']:.2f}x** with every other stage's FLOPs at the "
+                      "fp32 matmul ceiling too."]
     lines += ["", "Sampling against its bounds (completion tokens/s that B x G completions "
               "cannot exceed: (a) sampling FLOPs at the matmul ceiling, (b) weights once per "
               "forward + keys and values at the read bandwidth (lmrl: a prompt's once per group; "
@@ -470,6 +492,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         cell = {"size": size, "libs": summary}
         if len(summary) == 2:
             cell["ratio"] = {k: summary["lmrl"][k] / summary["trl"][k] for k in RATIO_KEYS}
+            cell["headroom"] = headroom(summary["lmrl"], summary["trl"],
+                                        machine["ceiling_gflops"])
         cells.append(cell)
         runs += cell_runs
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None

@@ -51,6 +51,13 @@ def lmrl_cache(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def lmrl_records(lmrl_cache, tmp_path_factory, monkeypatch):
+    """Every LM run updates the records that compile=auto decides from: each test starts with
+    none (module fixtures' runs share the session's directory above)."""
+    monkeypatch.setenv("LMRL_CACHE_DIR", str(tmp_path_factory.mktemp("lmrl_records")))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models' ops take microseconds: a second OpenMP thread only contends for the core

@@ -55,6 +55,19 @@ def test_digits_reward():
     assert long_rollouts.digits(["p", "p"], ["3 1x", "<pad>a"]) == [2.0, 0.0]
 
 
+def test_headroom_by_hand():
+    # lmrl: a 10 s step, 4 s of it sampling; 128 completions x 8 tokens = 1024 tokens whose
+    # bound is 512 tokens/s (2 s); the step's FLOPs at the ceiling take 10 s x 0.5 = 5 s, the
+    # sampling's 100 GFLOP at 100 GFLOP/s 1 s of them. TRL: a 12 s step.
+    assert long_rollouts.B * long_rollouts.G == 128
+    lmrl = {"median_step_s": 10.0, "sample_s": 4.0, "mean_completion_tokens": 8.0,
+            "sampling_bound": {"bound_tokens_per_s": 512.0}, "executed_ceiling_frac": 0.5,
+            "stages": {"sample": {"gflop": 100.0}}}
+    h = long_rollouts.headroom(lmrl, {"median_step_s": 12.0}, ceiling_gflops=100.0)
+    assert h["sampling_at_bound"] == pytest.approx(12 / (6 + 2))
+    assert h["all_at_ceiling"] == pytest.approx(12 / (5 - 1 + 2))
+
+
 def check_report(out: Path, libs: set[str]) -> dict:
     report = json.loads((out / "long_rollouts.json").read_text())
     assert report["measured"]["ceiling_gflops"] > 0
@@ -94,6 +107,7 @@ def test_smoke_runs_both_libraries(tmp_path):
     report = check_report(tmp_path, {"lmrl", "trl"})
     (cell,) = report["cells"]
     assert set(cell["ratio"]) == set(long_rollouts.RATIO_KEYS)
+    assert cell["headroom"]["all_at_ceiling"] > cell["headroom"]["sampling_at_bound"] > 0
     trl = cell["libs"]["trl"]
     assert trl["length_range"] == [[[16, 16], [16, 16]]]  # every completion at the budget
     run = next(r for r in report["runs"] if r["lib"] == "trl")

@@ -10,19 +10,26 @@ TORCHINDUCTOR_CACHE_DIR is set.
 The auto decision (issue 17: compile "where it pays, ... off where it does not (a run shorter
 than its compile time)"):
 
-    compile  <=>  saved fraction > 0  and  remaining steps × eager step seconds > compile seconds
+    graphs not on disk:  compile  <=>  saved fraction > 0  and  remaining steps × eager step
+                                       seconds > compile seconds
+    graphs on disk:      compile  <=>  remaining steps × eager step seconds × saved fraction
+                                       > seconds to load them
 
-that is, a run compiles unless compiling would take longer than the whole run. A run just
-longer than that is slower end to end the first time (it saves only a fraction of its steps'
-time), but it leaves its graphs in the disk cache, and every later run of the shape compiles in
-seconds: the cost is paid once per machine and shape, the saving on every run.
+A cold compile is paid once per machine and shape: a run compiles unless compiling would take
+longer than the whole run. A run just longer than that is slower end to end the first time (it
+saves only a fraction of its steps' time), but it leaves its graphs in the disk cache for every
+later run of the shape. Loading them (seconds) is paid by every run again, so a warm run
+compiles only when its own saving is larger.
 
-For a shape lmrl has compiled before (the records file next to the cache: per shape key, the
-measured compile overhead cold and warm, and the eager and compiled step seconds) every number
-is known and the decision is made before step 1. For a new shape, step 1 runs eager and is timed;
-then compile seconds and the saved fraction are the defaults below. After a compiled run the
-record is updated with what was measured, so the next decision is made on this machine's
-numbers.
+For a shape lmrl has run before (the records file next to the cache: per shape key, the
+measured compile overhead cold and warm, and the steady eager and compiled step seconds) the
+decision is made before step 1. For a new shape, steps 1 and 2 run eager and step 2 is timed:
+step 1 is no steady step (first-pass allocations, and the compiler imported on a second thread
+meanwhile: on the 2-core VM it took 0.23-0.31 s against 0.16-0.20 s for the steps after it,
+which made auto compile a 100-step tiny run that then took 1.3x longer end to end). Compile
+seconds and the saved fraction are then the defaults below. Every run that ran an eager step
+after step 1, and every compiled run, updates the record with what it measured, so the next
+decision is made on this machine's numbers.
 """
 
 import json
@@ -41,6 +48,7 @@ import torch
 COLD_SECONDS = 120.0
 SAVED_FRACTION = 0.15
 RECORDS = "compile_records.json"
+EAGER_STEPS = 2  # a new shape's steps that run eager before auto decides (the last one timed)
 
 
 def cache_root() -> Path:
@@ -106,9 +114,14 @@ def save_record(root: Path, key: str, record: dict) -> None:
 
 
 def pays(remaining: int, eager_seconds: float, saved_fraction: float,
-         compile_seconds: float) -> bool:
-    """The rule in the module docstring."""
-    return saved_fraction > 0 and remaining * eager_seconds > compile_seconds
+         compile_seconds: float, warm: bool = False) -> bool:
+    """The rule in the module docstring (warm: the graphs are on disk, loading them costs
+    compile_seconds)."""
+    if saved_fraction <= 0:
+        return False
+    if warm:
+        return remaining * eager_seconds * saved_fraction > compile_seconds
+    return remaining * eager_seconds > compile_seconds
 
 
 def is_warm(record: dict | None, cache_dir: Path) -> bool:
@@ -123,7 +136,7 @@ def expected_compile_seconds(record: dict | None, cache_dir: Path) -> tuple[floa
         return record["warm_seconds"], "cached graphs"
     if is_warm(record, cache_dir):  # a guess until a warm start is measured
         return max(0.2 * record["cold_seconds"], 1.0), "cached graphs, no warm start measured"
-    if record:
+    if record and "cold_seconds" in record:
         return record["cold_seconds"], "compiled before, cache not found"
     return COLD_SECONDS, "new shape, default estimate"
 
@@ -138,7 +151,8 @@ class CompilePlan:
     root: Path
     cache_dir: Path
     record: dict | None
-    on: bool | None = None  # None: decided after the first (eager) step
+    on: bool | None = None  # None: decided after EAGER_STEPS eager steps
+    learns: bool = True  # whether its step times describe the shape (not a LoRA run's)
     last_compiled: bool = False  # whether the last step ran compiled
     eager_steps: list[float] = field(default_factory=list)
     compiled_steps: list[float] = field(default_factory=list)
@@ -146,19 +160,20 @@ class CompilePlan:
 
     def start(self, remaining: int, supported: str | None) -> str:
         """Decide now if possible; -> the line to print."""
+        self.learns = supported is None
         if self.setting != "auto":
             self.on = self.setting == "on"
             return f"compile: {self.setting} (policy.compile)"
         if supported is not None:
             self.on = False
             return f"compile: auto -> off ({supported})"
-        if remaining < 2:
+        if remaining <= EAGER_STEPS:
             self.on = False
             return f"compile: auto -> off (a run of {remaining} step(s) cannot pay for compiling)"
-        r = self.record
-        if r and "eager_step" in r and "compiled_step" in r:
-            return self._decide(remaining, r["eager_step"])
-        return "compile: auto -> decided after step 1, which runs eager and is timed"
+        if self.record and "eager_step" in self.record:
+            return self._decide(remaining, self.record["eager_step"])
+        return (f"compile: auto -> decided after step {EAGER_STEPS}: steps 1-{EAGER_STEPS} run "
+                f"eager, step {EAGER_STEPS} is timed")
 
     def _decide(self, remaining: int, eager_seconds: float) -> str:
         r = self.record or {}
@@ -166,36 +181,44 @@ class CompilePlan:
         if "eager_step" in r and "compiled_step" in r:
             fraction = max(0.0, 1 - r["compiled_step"] / r["eager_step"])
         cost, why = expected_compile_seconds(self.record, self.cache_dir)
+        warm = is_warm(self.record, self.cache_dir)
         saving = remaining * eager_seconds * fraction
-        self.on = pays(remaining, eager_seconds, fraction, cost)
+        self.on = pays(remaining, eager_seconds, fraction, cost, warm)
+        rule = (f"a saving of ~{saving:.0f} s ({fraction:.0%} faster steps) against ~{cost:.0f} s "
+                f"to load the compiled graphs" if warm else
+                f"~{remaining * eager_seconds:.0f} s of run against ~{cost:.0f} s to compile "
+                f"({why}); {fraction:.0%} faster steps would save ~{saving:.0f} s")
         return (f"compile: auto -> {'on' if self.on else 'off'} ({remaining} steps x "
-                f"{eager_seconds:.3g} s eager = ~{remaining * eager_seconds:.0f} s against "
-                f"~{cost:.0f} s to compile ({why}); {fraction:.0%} faster steps would save "
-                f"~{saving:.0f} s)")
+                f"{eager_seconds:.3g} s eager: {rule})")
 
     def after_step(self, seconds: float, remaining: int) -> str | None:
         """Record the step; -> the decision line when this step made it."""
         was_on = self.on
         self.last_compiled = bool(was_on)
         (self.compiled_steps if was_on else self.eager_steps).append(seconds)
-        if was_on is None and self.setting == "auto":
-            return self._decide(remaining, seconds)
+        if (was_on is None and self.setting == "auto"
+                and len(self.eager_steps) >= EAGER_STEPS):
+            return self._decide(remaining, min(self.eager_steps[1:]))
         return None
 
     def finish(self) -> dict | None:
-        """After the run: update this shape's record from a compiled run (its first compiled
-        step's excess over the median compiled step is the compile cost). -> the record."""
-        if len(self.compiled_steps) < 3:
-            return None  # too few steps to tell compiling from running
-        steady = statistics.median(self.compiled_steps[1:])
-        overhead = max(self.compiled_steps[0] - steady, 0.0)
-        record = dict(self.record or {})
-        warm = is_warm(self.record, self.cache_dir) and "cold_seconds" in record
-        record["warm_seconds" if warm else "cold_seconds"] = round(overhead, 2)
-        record["cache_dir"] = str(self.cache_dir)
-        record["compiled_step"] = round(steady, 5)
-        if self.eager_steps:
-            record["eager_step"] = round(statistics.median(self.eager_steps), 5)
+        """After the run: update this shape's record with its steady eager step (median of the
+        eager steps after step 1) and, from a compiled run, its steady compiled step and the
+        compile cost (the first compiled step's excess over the median compiled step).
+        -> the record, or None when the run measured too little to say."""
+        learned: dict = {}
+        if self.learns and len(self.eager_steps) >= EAGER_STEPS:
+            learned["eager_step"] = round(statistics.median(self.eager_steps[1:]), 5)
+        if len(self.compiled_steps) >= 3:
+            steady = statistics.median(self.compiled_steps[1:])
+            warm = is_warm(self.record, self.cache_dir) and "cold_seconds" in self.record
+            overhead = round(max(self.compiled_steps[0] - steady, 0.0), 2)
+            learned["warm_seconds" if warm else "cold_seconds"] = overhead
+            learned["cache_dir"] = str(self.cache_dir)
+            learned["compiled_step"] = round(steady, 5)
+        if not learned:
+            return None
+        record = {**(self.record or {}), **learned}
         save_record(self.root, self.key, record)
         return record
 

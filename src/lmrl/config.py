@@ -159,8 +159,8 @@ class PolicyConfig:
         "seconds to a minute once per model shape (graphs are cached on disk, "
         "$LMRL_CACHE_DIR or ~/.cache/lmrl, so a second run of the shape starts in seconds). "
         "auto: on when lmrl's forward runs and the run is long enough to pay for it "
-        "(compiling.py: known shapes are decided at start, new ones after an eager first "
-        "step); the decision is printed. --compile is on, --no-compile off.",
+        "(compiling.py: shapes run before are decided at start, new ones after two eager "
+        "steps); the decision is printed. --compile is on, --no-compile off.",
         COMPILES)] = "auto"
     dim: int = 32
     """Embedding dimension d."""

@@ -218,11 +218,12 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
         plan = compiling.plan(cfg.policy.compile, state.policy, cfg.train.B, cfg.train.G)
         line = plan.start(cfg.train.steps - state.step, compiling.unsupported(state.policy))
         # Ranks must decide at the same step (the decision is a collective): if any has no
-        # record for the shape, every rank times step 1 instead.
+        # record for the shape, every rank times its eager steps instead.
         if plan.setting == "auto" and distributed.world() > 1 and agreed(plan.on is None):
-            plan.on, line = None, "compile: auto -> decided after step 1 on every rank"
+            plan.on = None
+            line = f"compile: auto -> decided after step {compiling.EAGER_STEPS} on every rank"
         say(line)
-        if plan.on is not False:  # compiling, or may after step 1
+        if plan.on is not False:  # compiling, or may after its eager steps
             compiling.import_compiler_in_background()
         compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
