@@ -7,10 +7,12 @@ loads inductor's compiled graphs from the disk cache (compiling.py) instead of c
 dynamo still traces the Python code.
 
     .venv/bin/python bench/compile_start.py --model DIR [--steps 10] [--repeats 2] \\
-        [--caches DIR] [-- extra lmrl train flags]
+        [--caches DIR] [--modes warm,warm_serial] [-- extra lmrl train flags]
 
-warm_serial is a warm start with the compiler's import left to the first compiled pass (lmrl
-imports it on a second thread while the run sets up: compiling.import_compiler_in_background).
+lmrl imports the compiler on a second thread while a run sets up, and there runs inductor's
+probes of the CPU's instruction sets (compiling.import_compiler_in_background). --modes picks
+the warm starts to compare: warm (as lmrl runs), warm_serial (the import and probes left to the
+first compiled pass), warm_noprobe (imported in the background, probed by the first pass).
 --caches keeps the caches in DIR: a second invocation skips the cold run.
 """
 
@@ -24,14 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
-# `python -m lmrl` with the background import switched off (the warm_serial mode).
-SERIAL = ("import sys, lmrl.compiling as c, lmrl.cli; "
-          "c.import_compiler_in_background = lambda: None; sys.exit(lmrl.cli.main())")
+# `python -m lmrl` with the compiler's background import changed (the warm_* modes below).
+ENTRY = ("import sys, lmrl.compiling as c, lmrl.cli; {patch}; sys.exit(lmrl.cli.main())")
+PATCHES = {
+    # the import left to the first compiled pass
+    "warm_serial": "c.import_compiler_in_background = lambda **_: None",
+    # imported in the background, the CPU's instruction sets probed by the first compiled pass
+    "warm_noprobe": ("f = c.import_compiler_in_background; "
+                     "c.import_compiler_in_background = lambda **_: f(probe=False)"),
+}
 
 
 def run(model: str, steps: int, mode: str, caches: Path, extra: list[str]) -> dict:
     env_flags = ["--no-compile"] if mode == "eager" else ["--compile"]
-    entry = ["-c", SERIAL] if mode == "warm_serial" else ["-m", "lmrl"]
+    entry = ["-c", ENTRY.format(patch=PATCHES[mode])] if mode in PATCHES else ["-m", "lmrl"]
     with tempfile.TemporaryDirectory() as run_dir:
         env = {"LMRL_CACHE_DIR": str(caches / "lmrl"),
                "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}
@@ -54,6 +62,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--caches", default=None, help="keep the compile caches here")
+    p.add_argument("--modes", default="warm,warm_serial",
+                   help="warm starts to run, comma-separated: warm, warm_serial, warm_noprobe")
     p.add_argument("extra", nargs="*", help="more lmrl train flags, after --")
     a = p.parse_args()
     rows = []
@@ -63,15 +73,18 @@ def main() -> None:
         records = caches / "lmrl" / "compile_records.json"
         warm_already = records.is_file() and any(
             "cold_seconds" in r for r in json.loads(records.read_text()).values())
-        order = ["eager"] + ["cold"] * (not warm_already) + ["warm", "warm_serial"] + \
-            ["eager", "warm", "warm_serial"] * (a.repeats - 1)
+        warm = a.modes.split(",")
+        if not set(warm) <= {"warm", *PATCHES}:
+            p.error(f"--modes: choose from warm, {', '.join(PATCHES)}")
+        order = ["eager"] + ["cold"] * (not warm_already) + warm + \
+            (["eager"] + warm) * (a.repeats - 1)
         for mode in order:
             rows.append(run(a.model, a.steps, mode, caches, a.extra))
             r = rows[-1]
             print(f"{mode:11}  wall {r['wall']:6.1f} s  first step {r['first_step']:6.2f} s  "
                   f"later steps {r['later_step']:.3f} s", flush=True)
     eager = statistics.median(r["wall"] for r in rows if r["mode"] == "eager")
-    for mode in ("cold", "warm", "warm_serial"):
+    for mode in ("cold", "warm", *PATCHES):
         walls = [r["wall"] for r in rows if r["mode"] == mode]
         if not walls:
             continue

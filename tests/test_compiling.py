@@ -179,7 +179,7 @@ def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsy
     imports = []
     real = compiling.import_compiler_in_background
     monkeypatch.setattr(compiling, "import_compiler_in_background",
-                        lambda: imports.append(real()))
+                        lambda probe: imports.append((probe, real(probe=probe))))
     task = ["--task", "sort_text", "--n", "3", "--V", "5", "--heldout-size", "10"]
     main(["init-model", "--out", str(tmp_path / "m"), "--hidden-size", "16", "--layers", "1",
           "--heads", "2", *task])
@@ -191,8 +191,19 @@ def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsy
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [0.0, 0.0, 0.0]
     # auto may compile after step 1: the compiler was imported on a second thread meanwhile.
-    (thread,) = imports
+    ((probe, thread),) = imports
+    assert probe is False  # it may not compile: no probes run for it
     thread.join(timeout=60)
     assert not thread.is_alive() and "torch._inductor.compile_fx" in sys.modules
     main([*train, "--run-dir", str(tmp_path / "off"), "--no-compile"])
     assert len(imports) == 1  # off: nothing to import
+
+
+@pytest.mark.parametrize("probe", [True, False])
+def test_the_background_thread_probes_the_cpu_only_for_a_run_that_compiles(probe, monkeypatch):
+    import torch._inductor.cpu_vec_isa as isa
+
+    calls = []
+    monkeypatch.setattr(isa, "pick_vec_isa", lambda: calls.append(1))
+    compiling.import_compiler_in_background(probe=probe).join(timeout=60)
+    assert calls == [1] * probe

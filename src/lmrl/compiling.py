@@ -228,20 +228,32 @@ class CompilePlan:
         return record
 
 
-def import_compiler_in_background() -> threading.Thread:
+def import_compiler_in_background(probe: bool = False) -> threading.Thread:
     """Import torch.compile's machinery (dynamo, inductor) on a second thread.
 
     torch.compile's first call imports them, 2-3 s on the 2-core VM: a third of a warm start's
     cost (bench/README.md, compile_start.py). Started while the run sets up (its pre-flight
     batch and first evaluation, torch ops that mostly release the GIL), the import is done
     before the first compiled pass needs it; a pass that comes sooner waits on the import lock
-    for the rest of it, never imports twice."""
+    for the rest of it, never imports twice.
+
+    probe (for a run that will compile): also run inductor's checks of the CPU's vector
+    instruction sets there. Every process runs them before its first compiled kernel loads,
+    cache or no cache: one Python subprocess per instruction set that loads a test library,
+    1.2-1.4 s of a warm start on the 2-core VM (bench/README.md, "Warm start"). Their results
+    are cached in the process (functools.cache), so the compiling pass finds them done."""
     def run() -> None:
         try:
             import torch._dynamo  # noqa: F401
             import torch._inductor.compile_fx  # noqa: F401
+            from torch._inductor.cpu_vec_isa import pick_vec_isa
         except ImportError:  # e.g. importlib's deadlock guard: the compiling pass imports it
-            pass
+            return
+        if probe:
+            try:
+                pick_vec_isa()
+            except Exception:  # noqa: BLE001 - the compiling pass runs them again, and reports
+                pass
 
     thread = threading.Thread(target=run, name="lmrl-import-compiler", daemon=True)
     thread.start()

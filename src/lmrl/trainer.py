@@ -224,7 +224,7 @@ def train_rank(cfg: Config, policy: torch.nn.Module | None, task: Task | None,
             line = f"compile: auto -> decided after step {compiling.EAGER_STEPS} on every rank"
         say(line)
         if plan.on is not False:  # compiling, or may after its eager steps
-            compiling.import_compiler_in_background()
+            compiling.import_compiler_in_background(probe=plan.on is True)
         compiling.apply(state, False)  # the pre-flight runs eager: it is one batch
     if cfg.log.preflight and saved is None:
         preflight(state, task, cfg, run_dir, say)
