@@ -240,18 +240,21 @@ def import_compiler_in_background(probe: bool = False) -> threading.Thread:
     probe (for a run that will compile): also run inductor's checks of the CPU's vector
     instruction sets there. Every process runs them before its first compiled kernel loads,
     cache or no cache: one Python subprocess per instruction set that loads a test library,
-    1.2-1.4 s of a warm start on the 2-core VM (bench/README.md, "Warm start"). Their results
-    are cached in the process (functools.cache), so the compiling pass finds them done."""
+    1.2-1.4 s of a warm start on the 2-core VM (bench/README.md, "Warm start"); and the hash of
+    torch's sources that keys inductor's caches (0.1-0.2 s). Both are cached in the process, so
+    the compiling pass finds them done."""
     def run() -> None:
         try:
             import torch._dynamo  # noqa: F401
             import torch._inductor.compile_fx  # noqa: F401
+            from torch._inductor.codecache import torch_key
             from torch._inductor.cpu_vec_isa import pick_vec_isa
         except ImportError:  # e.g. importlib's deadlock guard: the compiling pass imports it
             return
         if probe:
             try:
                 pick_vec_isa()
+                torch_key()
             except Exception:  # noqa: BLE001 - the compiling pass runs them again, and reports
                 pass
 
