@@ -18,6 +18,9 @@ cache's written columns) against this machine's memory bandwidth (a large copy, 
 
     .venv/bin/python bench/sampling.py --size 20M --threads 2 --repeats 3
     .venv/bin/python bench/sampling.py --size tiny --new 64 --repeats 5 --variants eager written
+
+--profile N then profiles one more rollout of the first variant (torch.profiler, compiled
+kernels named by inductor) and prints its N ops with the most time of their own.
 """
 
 import argparse
@@ -94,6 +97,19 @@ def decode_bounds(shape: ModelShape, N: int, B: int, prompt: int, new: int,
             "gflop": flops / 1e9, "gbyte": bytes_ / 1e9}
 
 
+def profile(policy: HFPolicy, variant: str, prompts: list[str], G: int,
+            generator: torch.Generator, top: int) -> None:
+    """Where one rollout's time goes: its `top` ops by time of their own."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    use(variant, policy)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        policy.sample(prompts, G, generator=generator)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top,
+                                    max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=SIZES, default="20M")
@@ -105,8 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["eager", "full", "written"],
                    choices=["eager", "full", "written", "bf16"])
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile one more rollout of the first variant: its top N ops")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.profile:  # inductor's kernels show in the profile under their own names
+        torch._inductor.config.cpp.enable_kernel_profile = True
     layers, hidden, heads = SIZES[a.size]
     with tempfile.TemporaryDirectory() as tmp:
         params = init_model(tmp, ALPHABET, hidden_size=hidden, num_layers=layers,
@@ -128,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
             rollout = policy.sample(prompts, a.G, generator=g)
             times[v].append(time.perf_counter() - start)
             assert rollout.responses.shape[-1] == a.new
+    if a.profile:
+        profile(policy, a.variants[0], prompts, a.G, g, a.profile)
     use("written", policy)
     shape = ModelShape.from_hf_config(policy.model.config.to_dict())
     ceiling, bandwidth = max(matmul_gflops([256, 512, 1024]).values()) * 1e9, memory_bandwidth()

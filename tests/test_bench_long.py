@@ -130,3 +130,14 @@ def test_sample_only(tmp_path):
     r = cell["libs"]["lmrl"]
     assert r["sample_only"] and r["mean_completion_tokens"] == 16 and r["timed_steps"] == 2
     assert (tmp_path / "long_rollouts_sample.md").is_file()
+
+
+def test_sampling_bench_smoke_with_a_profile(capsys):
+    pytest.importorskip("transformers")
+    import sampling
+
+    sampling.main(["--size", "smoke", "--B", "2", "--G", "2", "--prompt", "4", "--new", "4",
+                   "--threads", "1", "--repeats", "1", "--variants", "eager", "--profile", "5"])
+    out = capsys.readouterr().out
+    assert "Self CPU time total" in out and "aten::" in out  # the profile's table
+    assert "| eager |" in out and "share of the bound" in out
