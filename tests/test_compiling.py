@@ -190,7 +190,7 @@ def test_a_short_lm_run_prints_its_decision_and_logs_eager_steps(tmp_path, capsy
     assert "compile: auto -> decided after step 2" in out and "compile: auto -> off (1 steps" in out
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["time/compiled"] for r in rows if "time/compiled" in r] == [0.0, 0.0, 0.0]
-    # auto may compile after step 1: the compiler was imported on a second thread meanwhile.
+    # auto may compile after step 2: the compiler was imported on a second thread meanwhile.
     ((probe, thread),) = imports
     assert probe is False  # it may not compile: no probes run for it
     thread.join(timeout=60)
